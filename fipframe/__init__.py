@@ -1,0 +1,36 @@
+"""fipframe: functionally invariant paths in weight space.
+
+Public API::
+
+    import fipframe
+    config = fipframe.load_config(preset="split-mnist")
+    result = fipframe.run(config, out="runs/demo")
+    print(result.table())
+"""
+
+__version__ = "0.1.0"
+
+from fipframe.api import build, load_config, preset_path, presets, resume, run  # noqa: E402
+from fipframe.errors import ConfigError, PluginError, TraversalError  # noqa: E402
+from fipframe.eval.results import RunResult  # noqa: E402
+from fipframe.plugins import hookimpl, make_plugin_manager  # noqa: E402
+from fipframe.registry import Spec  # noqa: E402
+from fipframe.traversal.engine import Traversal  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "PluginError",
+    "RunResult",
+    "Spec",
+    "Traversal",
+    "TraversalError",
+    "__version__",
+    "build",
+    "hookimpl",
+    "load_config",
+    "make_plugin_manager",
+    "preset_path",
+    "presets",
+    "resume",
+    "run",
+]

@@ -1,0 +1,3 @@
+from fipframe.cli import main
+
+raise SystemExit(main())

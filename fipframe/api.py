@@ -1,0 +1,88 @@
+"""The Python entry points: load a config, build a traversal, run it.
+
+Each call without ``pm`` makes a fresh plugin manager (there is no global one); pass the
+``(pm, registry)`` pair from :func:`fipframe.plugins.load` to reuse one.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fipframe import plugins
+from fipframe.config import RunBase, apply_overrides, read_file, validate
+from fipframe.errors import ConfigError
+from fipframe.eval.results import RunResult
+from fipframe.traversal.engine import Traversal
+
+PRESET_PACKAGE = "fipframe.presets"
+
+
+def presets() -> dict[str, str]:
+    """Names of the shipped presets and their first comment line."""
+    out = {}
+    for entry in sorted(importlib.resources.files(PRESET_PACKAGE).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text().splitlines()[0] if entry.read_text() else ""
+            out[entry.name[:-5]] = first.lstrip("# ").strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    path = importlib.resources.files(PRESET_PACKAGE) / f"{name}.yaml"
+    if not path.is_file():
+        from fipframe.registry import did_you_mean
+
+        known = list(presets())
+        raise ConfigError(
+            f"preset: unknown preset {name!r}; presets: {', '.join(known)}"
+            + did_you_mean(name, known)
+        )
+    return Path(str(path))
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Iterable[str] = (),
+    pm: plugins.FipPluginManager | None = None,
+) -> RunBase:
+    """Load and validate a config from a YAML/JSON file, a mapping or a preset name."""
+    if (source is None) == (preset is None):
+        raise ConfigError("give either a config source or a preset name")
+    if pm is None:
+        pm = plugins.make_plugin_manager()
+    registry = pm.registry
+    label = None
+    if preset is not None:
+        source = preset_path(preset)
+    if isinstance(source, (str, Path)):
+        label = str(source)
+        data = read_file(source)
+    else:
+        data = dict(source)  # type: ignore[arg-type]
+    data = apply_overrides(data, overrides)
+    return validate(data, registry, pm, source=label)
+
+
+def build(config: RunBase, *, out: str | Path | None = None, model: Any = None) -> Traversal:
+    """Build a traversal from a validated config (its plugin manager comes with it)."""
+    cls = type(config)
+    pm = cls.plugin_manager or plugins.make_plugin_manager()
+    return Traversal(config, pm=pm, registry=cls.registry, out=out, model=model)
+
+
+def run(
+    config: RunBase, *, out: str | Path | None = None, resume: bool = False, model: Any = None
+) -> RunResult:
+    """Build and run a traversal; with ``resume=True`` continue the run in ``out``."""
+    return build(config, out=out, model=model).run(resume=resume)
+
+
+def resume(run_dir: str | Path, *, pm: plugins.FipPluginManager | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, with its saved config."""
+    config = load_config(Path(run_dir) / "config.yaml", pm=pm)
+    return run(config, out=run_dir, resume=True)

@@ -1,0 +1,134 @@
+"""Built-in step rules.
+
+- ``gradient``: an optimiser on the secondary objectives alone (plain fine-tuning, replay).
+- ``penalty``: an optimiser on ``sum_k beta_k L_k + alpha * mean_x D(f(x; w), f(x; w_anchor))``
+  over stored inputs, both terms per-sample means so ``alpha`` does not scale with batch size.
+  This is the authors' FIP step.
+- ``eps_step``: a fixed-length step ``w <- retr(w, -eps u / ||u||)`` along the gradient ``u`` of
+  the same penalty, the papers' eps-norm step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fipframe.core import optim
+from fipframe.core.configs import PluginConfig, Scheduled, value_at
+from fipframe.core.integrator import PathIntegrator, State, StepProblem, Terms
+from fipframe.core.params import Params, like, values
+from fipframe.plugins import hookimpl
+from fipframe.registry import Spec
+
+
+class GradientConfig(PluginConfig):
+    kind: Literal["gradient"] = "gradient"
+    lr: Scheduled = Field(1e-3, description="learning rate (number or ramp)")
+    optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
+
+
+class PenaltyConfig(GradientConfig):
+    kind: Literal["penalty"] = "penalty"  # type: ignore[assignment]
+    alpha: Scheduled = Field(1.0, description="weight of the mean output divergence")
+
+
+class EpsStepConfig(PluginConfig):
+    kind: Literal["eps_step"] = "eps_step"
+    eps: Scheduled = Field(0.01, description="Euclidean/Riemannian length of each step")
+    alpha: Scheduled = Field(1.0, description="weight of the mean output divergence")
+
+
+def _gradient(params: Params, problem: StepProblem, alpha: float) -> tuple[Params, Terms, Tensor]:
+    leaves = [p.detach().requires_grad_(True) for p in params.values()]
+    terms = problem.evaluate(like(params, leaves))
+    total = terms.objective
+    if terms.divergence is not None and alpha:
+        total = total + alpha * terms.divergence
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+    egrad = like(params, grads)
+    return problem.manifold.egrad2rgrad(params, egrad), terms, total.detach()
+
+
+def _stats(terms: Terms, total: Tensor) -> dict[str, Tensor]:
+    out = {"loss/total": total, "loss/objective": terms.objective.detach()}
+    if terms.divergence is not None:
+        out["loss/divergence"] = terms.divergence.detach()
+    out.update({f"loss/{k}": v.detach() for k, v in terms.parts.items()})
+    return out
+
+
+class Gradient(PathIntegrator):
+    """An optimiser step on the objectives (and, in subclasses, the divergence penalty)."""
+
+    def _alpha(self, problem: StepProblem) -> float:
+        return 0.0
+
+    def init(self, params: Params) -> State:
+        return {"opt": optim.init(self.config.optimizer, values(params))}
+
+    def step(
+        self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
+    ) -> tuple[Params, State, dict[str, Tensor]]:
+        rgrad, terms, total = _gradient(params, problem, self._alpha(problem))
+        direction, opt_state = optim.update(
+            self.config.optimizer, values(params), values(rgrad), state["opt"]
+        )
+        direction_t = problem.manifold.proju(params, like(params, direction))
+        lr = value_at(self.config.lr, problem.progress) * scale
+        new = problem.manifold.retr(params, direction_t, -lr)
+        return new, {"opt": opt_state}, _stats(terms, total)
+
+
+class Penalty(Gradient):
+    """The FIP penalty step: objectives + alpha * mean divergence to the anchor outputs."""
+
+    needs_metric = True
+
+    def _alpha(self, problem: StepProblem) -> float:
+        return value_at(self.config.alpha, problem.progress)
+
+
+class EpsStep(PathIntegrator):
+    """Normalised step of fixed length eps along the penalty's Riemannian gradient."""
+
+    needs_metric = True
+
+    def init(self, params: Params) -> State:
+        return {}
+
+    def step(
+        self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
+    ) -> tuple[Params, State, dict[str, Tensor]]:
+        alpha = value_at(self.config.alpha, problem.progress)
+        rgrad, terms, total = _gradient(params, problem, alpha)
+        length = problem.manifold.inner(params, rgrad, rgrad).sqrt()
+        eps = value_at(self.config.eps, problem.progress) * scale
+        new = problem.manifold.retr(params, rgrad, -eps / (length + 1e-12))
+        stats = _stats(terms, total)
+        stats["grad_norm"] = length.detach()
+        return new, state, stats
+
+
+@hookimpl
+def fipframe_register_integrators() -> list[Spec]:
+    return [
+        Spec("gradient", GradientConfig, Gradient, "optimiser on the objectives (fine-tuning)"),
+        Spec(
+            "penalty",
+            PenaltyConfig,
+            Penalty,
+            "optimiser on objectives + alpha * mean divergence on stored inputs (FIP)",
+            capabilities={"needs_metric"},
+        ),
+        Spec(
+            "eps_step",
+            EpsStepConfig,
+            EpsStep,
+            "fixed-length eps step along the penalty's gradient (FIP eps-norm step)",
+            capabilities={"needs_metric"},
+        ),
+    ]

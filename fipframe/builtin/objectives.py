@@ -1,0 +1,78 @@
+"""Built-in secondary objectives.
+
+- ``task_ce``: cross-entropy on batches of the stage's task (the new task to learn).
+- ``replay_ce``: cross-entropy on labelled batches from the memory (experience replay).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from fipframe.core.configs import PluginConfig, Scheduled
+from fipframe.core.objective import Batch, SecondaryObjective, StageContext
+from fipframe.core.params import Params
+from fipframe.errors import TraversalError
+from fipframe.plugins import hookimpl
+from fipframe.registry import Spec
+
+
+class TaskCEConfig(PluginConfig):
+    kind: Literal["task_ce"] = "task_ce"
+    weight: Scheduled = Field(1.0, description="weight beta of this term")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy smoothing")
+
+
+class TaskCE(SecondaryObjective):
+    """Cross-entropy on the current task's training data."""
+
+    def bind(self, ctx: StageContext) -> None:
+        if ctx.task is None:
+            raise TraversalError("objective task_ce needs a stage with `task:` set")
+        self.split = ctx.task.train
+        self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
+
+    def sample(self, step: int) -> Batch:
+        idx = self.sampler.indices(step)
+        return Batch(self.split.x[idx], self.split.y[idx])
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        assert logits is not None and batch is not None
+        return F.cross_entropy(logits, batch.targets, label_smoothing=self.config.label_smoothing)
+
+
+class ReplayCEConfig(PluginConfig):
+    kind: Literal["replay_ce"] = "replay_ce"
+    weight: Scheduled = Field(1.0, description="weight beta of this term")
+
+
+class ReplayCE(SecondaryObjective):
+    """Cross-entropy on labelled examples stored from earlier tasks (ER)."""
+
+    def bind(self, ctx: StageContext) -> None:
+        self.memory = ctx.memory
+        self.sampler = (
+            ctx.sampler("replay_ce", len(ctx.memory), ctx.memory_batch) if len(ctx.memory) else None
+        )
+
+    def sample(self, step: int) -> Batch | None:
+        if self.sampler is None:
+            return None
+        idx = self.sampler.indices(step)
+        return Batch(self.memory.inputs[idx], self.memory.targets[idx])  # type: ignore[index]
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        if logits is None or batch is None:
+            return next(iter(params.values())).new_zeros(())
+        return F.cross_entropy(logits, batch.targets)
+
+
+@hookimpl
+def fipframe_register_objectives() -> list[Spec]:
+    return [
+        Spec("task_ce", TaskCEConfig, TaskCE, "cross-entropy on the stage's task"),
+        Spec("replay_ce", ReplayCEConfig, ReplayCE, "cross-entropy on stored labelled examples"),
+    ]

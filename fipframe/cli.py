@@ -1,0 +1,172 @@
+"""``fipframe run | validate | schema | plugins | presets | report``.
+
+Configuration problems print one line each and exit with 2, without a traceback.
+Ctrl-C during a run exits with 130 and prints how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fipframe.errors import ConfigError, PluginError, TraversalError
+
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def _load(args: argparse.Namespace, pm: Any) -> Any:
+    from fipframe.api import load_config
+
+    if args.config and args.preset:
+        raise ConfigError("give a config file or --preset, not both")
+    if not args.config and not args.preset:
+        raise ConfigError("give a config file or --preset NAME (see `fipframe presets`)")
+    return load_config(args.config, preset=args.preset, overrides=args.set or (), pm=pm)
+
+
+def cmd_run(args: argparse.Namespace, pm: Any) -> int:
+    from fipframe.api import load_config, run
+
+    if args.resume:
+        if args.config or args.preset:
+            raise ConfigError("--resume takes the run directory only; its config.yaml is used")
+        run_dir = Path(args.resume)
+        config = load_config(run_dir / "config.yaml", overrides=args.set or (), pm=pm)
+        out: Path = run_dir
+    else:
+        config = _load(args, pm)
+        out = Path(args.out) if args.out else Path("runs") / config.name
+    for failure in pm.failures:
+        print(f"warning: {failure}", file=sys.stderr)
+    try:
+        result = run(config, out=out, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; the last chunk is saved. Resume with: fipframe run --resume {out}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(result.table())
+    print(f"\nrun directory: {out}  (plot: {out / 'accuracy.png'})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, pm: Any) -> int:
+    config = _load(args, pm)
+    stages = sum(len(s) for _, s in config.all_stages())
+    print(f"ok: {config.name} ({stages} stages, {len(config.branches)} branches)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, pm: Any) -> int:
+    from fipframe.config import config_model
+
+    schema = config_model(pm.registry, pm).model_json_schema()
+    text = json.dumps(schema, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, pm: Any) -> int:
+    from fipframe.registry import FAMILIES
+
+    registry = pm.registry
+    for family in FAMILIES:
+        print(f"{family}:")
+        for entry in registry.entries(family):
+            dist = f"{entry.dist} {entry.version}" if entry.dist else "in-process"
+            print(f"  {entry.spec.kind:<16} {entry.spec.summary}  [{entry.plugin}; {dist}]")
+    if pm.failures:
+        print("not loaded:")
+        for failure in pm.failures:
+            print(f"  {failure}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace, pm: Any) -> int:
+    from fipframe.api import presets
+
+    for name, summary in presets().items():
+        print(f"{name:<20} {summary}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, pm: Any) -> int:
+    from fipframe.eval.results import RunResult
+
+    result = RunResult.load(args.run_dir)
+    print(result.table())
+    out = result.plot(Path(args.run_dir) / "accuracy.png")
+    print(f"\nplot: {out}")
+    return 0
+
+
+def parser(pm: Any) -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fipframe", description="functionally invariant paths")
+    from fipframe import __version__
+
+    top.add_argument("--version", action="version", version=f"fipframe {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", nargs="?", help="YAML or JSON config file")
+        p.add_argument("--preset", help="a shipped preset (see `fipframe presets`)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="PATH=VALUE",
+            help="override a field, e.g. --set stages.0.steps=200 (repeatable)",
+        )
+
+    p = sub.add_parser("run", help="run a traversal")
+    config_args(p)
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="validate a config against the installed plugins")
+    config_args(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the JSON schema of configs (installed plugins)")
+    p.add_argument("--out", help="write to a file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+    sub.add_parser("plugins", help="list kinds per family and where they come from").set_defaults(
+        func=cmd_plugins
+    )
+    sub.add_parser("presets", help="list shipped presets").set_defaults(func=cmd_presets)
+    p = sub.add_parser("report", help="table and plot of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    pm.hook.fipframe_add_commands(subparsers=sub)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fipframe.plugins import make_plugin_manager
+
+    pm = make_plugin_manager()
+    args = parser(pm).parse_args(argv)
+    try:
+        if args.func in (cmd_run, cmd_validate, cmd_schema, cmd_plugins, cmd_presets, cmd_report):
+            return int(args.func(args, pm) or 0)
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TraversalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

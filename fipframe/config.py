@@ -1,0 +1,267 @@
+"""RunConfig: one validated description of a traversal, assembled from the registry.
+
+Each slot (``model``, ``data``, ``manifold``, ``stages[*].integrator``, ``.metric``,
+``.objectives[*]``, ``loggers[*]``) is a union of the registered config models discriminated on
+``kind``, so the schema and the validation follow whichever plugins are installed. A slot also
+accepts a bare kind name (``metric: kl``) for a config with no required fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import reduce
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+
+from fipframe.errors import ConfigError
+from fipframe.registry import Registry, did_you_mean
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SLOTS = {  # field name -> family
+    "model": "adapter",
+    "data": "dataset",
+    "manifold": "manifold",
+    "integrator": "integrator",
+    "metric": "metric",
+    "objectives": "objective",
+    "loggers": "logger",
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunSettings(_Frozen):
+    """How the traversal runs (not what it computes)."""
+
+    seed: int = Field(0, ge=0, description="seed of weights, sampling and memory selection")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+        description="auto picks cuda when available",
+    )
+    dtype: Literal["float32", "float64"] = "float32"
+    chunk: int = Field(50, ge=1, description="steps between evaluations, events and checkpoints")
+    save_every: int = Field(0, ge=0, description="steps between saved points (0: stage ends only)")
+    eval_batch_size: int = Field(4096, ge=1, description="batch size of evaluation passes")
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto", description="auto: a bar on a terminal, periodic lines otherwise"
+    )
+    max_rollbacks: int = Field(4, ge=0, description="halvings of the step after non-finite values")
+
+
+class MemoryConfig(_Frozen):
+    """Stored training inputs of earlier tasks, one budget for every method."""
+
+    size: int = Field(0, ge=0, description="total stored examples across earlier tasks")
+    selection: Literal["class_balanced", "random"] = "class_balanced"
+
+
+class StageBase(_Frozen):
+    """One stage of a path: a step rule, objectives and a metric for some number of steps."""
+
+    name: str = Field(pattern=NAME, description="unique within its branch")
+    task: int | None = Field(None, ge=0, description="index of the task learned in this stage")
+    steps: int = Field(ge=1, description="number of steps")
+    batch_size: int = Field(128, ge=1, description="task examples per step")
+    memory_batch: int = Field(128, ge=1, description="stored examples per step (replay, metric)")
+
+
+class RunBase(_Frozen):
+    registry: ClassVar[Registry]
+    plugin_manager: ClassVar[Any]
+
+    name: str = Field("run", pattern=NAME)
+    memory: MemoryConfig = MemoryConfig()
+    run: RunSettings = RunSettings()
+
+    def all_stages(self) -> Iterator[tuple[str, list[Any]]]:
+        """``("stages", trunk)`` then ``("branches.<name>", stages)`` for each branch."""
+        yield "stages", list(self.stages)  # type: ignore[attr-defined]
+        for name, stages in self.branches.items():  # type: ignore[attr-defined]
+            yield f"branches.{name}", list(stages)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _kind_shorthand(value: Any) -> Any:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def _slot(registry: Registry, family: str) -> Any:
+    models = [e.spec.config for e in registry.entries(family)]
+    if not models:
+        raise ConfigError(f"no {family} kinds are registered (is a plugin missing?)")
+    union: Any = (
+        models[0]
+        if len(models) == 1
+        else Annotated[
+            Union[tuple(models)], Field(discriminator="kind")  # noqa: UP007
+        ]
+    )
+    return Annotated[union, BeforeValidator(_kind_shorthand)]
+
+
+def config_model(registry: Registry, pm: Any = None) -> type[RunBase]:
+    """The RunConfig class for the kinds in ``registry`` (cached on the registry)."""
+    cached = getattr(registry, "_run_config", None)
+    if cached is not None:
+        return cached
+    stage = create_model(
+        "StageConfig",
+        __base__=StageBase,
+        integrator=(_slot(registry, "integrator"), Field(description="the step rule")),
+        metric=(Optional[_slot(registry, "metric")], Field(None, description="output metric")),  # noqa: UP045
+        objectives=(
+            list[_slot(registry, "objective")],
+            Field(default_factory=list, description="secondary objectives, summed"),
+        ),
+    )
+    default_manifold = registry.kinds("manifold")[0] if registry.kinds("manifold") else None
+    run = create_model(
+        "RunConfig",
+        __base__=RunBase,
+        model=(_slot(registry, "adapter"), Field(description="architecture")),
+        data=(_slot(registry, "dataset"), Field(description="task sequence")),
+        manifold=(
+            _slot(registry, "manifold"),
+            Field(
+                {
+                    "kind": "euclidean"
+                    if "euclidean" in registry.kinds("manifold")
+                    else default_manifold
+                },
+                validate_default=True,
+            ),
+        ),
+        stages=(list[stage], Field(min_length=1, description="shared stages, in order")),
+        branches=(
+            dict[Annotated[str, Field(pattern=NAME)], Annotated[list[stage], Field(min_length=1)]],
+            Field(default_factory=dict, description="named continuations of the stages"),
+        ),
+        loggers=(list[_slot(registry, "logger")], Field(default_factory=list)),
+    )
+    run.registry = registry
+    run.plugin_manager = pm
+    registry._run_config = run  # type: ignore[attr-defined]
+    return run
+
+
+# -- loading ----------------------------------------------------------------------------------
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a mapping, with file-named errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides (values parsed as YAML) to a config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected path=value")
+        key, raw = item.split("=", 1)
+        parts: list[Any] = [int(k) if k.isdigit() else k for k in key.split(".")]
+        try:
+            value = yaml.safe_load(raw)
+            parent = reduce(lambda node, k: node[k], parts[:-1], data)
+            parent[parts[-1]] = value
+        except (KeyError, IndexError, TypeError, yaml.YAMLError):
+            raise ConfigError(f"--set {key}: no such place in the config") from None
+    return data
+
+
+def validate(
+    data: Mapping[str, Any], registry: Registry, pm: Any = None, source: str | None = None
+) -> RunBase:
+    """Validate a mapping into a RunConfig; run every plugin's cross-component checks."""
+    model = config_model(registry, pm)
+    try:
+        config = model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError([_format(e, registry) for e in exc.errors()], source) from None
+    if pm is not None:
+        problems = [
+            p
+            for batch in pm.hook.fipframe_check_config(config=config, registry=registry)
+            if batch
+            for p in batch
+        ]
+        if problems:
+            raise ConfigError(problems, source)
+    return config
+
+
+def _format(err: Mapping[str, Any], registry: Registry) -> str:
+    path = _path(err["loc"], registry)
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "union_tag_invalid":
+        family = _family_of(err["loc"])
+        valid = sorted(str(t).strip("'") for t in str(ctx.get("expected_tags", "")).split(", "))
+        if family:
+            valid = registry.kinds(family)
+        tag = ctx.get("tag")
+        what = f"{family} kind" if family else "kind"
+        return (
+            f"{path}.kind: unknown {what} {tag!r}; valid kinds: {', '.join(valid)}"
+            + did_you_mean(str(tag), valid)
+        )
+    if kind == "union_tag_not_found":
+        family = _family_of(err["loc"])
+        valid = registry.kinds(family) if family else []
+        return f"{path}: missing 'kind' (one of: {', '.join(valid)})"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown field"
+    shown = repr(err.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{path}: {err['msg']} (got {shown})"
+
+
+def _family_of(loc: Sequence[Any]) -> str | None:
+    for item in reversed(loc):
+        if isinstance(item, str) and item in SLOTS:
+            return SLOTS[item]
+    return None
+
+
+def _path(loc: Sequence[Any], registry: Registry) -> str:
+    out = ""
+    family: str | None = None
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+            continue
+        item = str(item)
+        if family and item in registry.kinds(family):
+            out += f"({item})"
+            family = None
+            continue
+        if item.startswith(("function-", "tagged-union", "nullable")) or item in {"str", "float"}:
+            continue
+        if "[" in item or item.startswith(("Ramp", "list")):
+            continue
+        family = SLOTS.get(item, family if item.isdigit() else None)
+        out += ("." if out else "") + item
+    return out or "(top level)"

@@ -1,0 +1,79 @@
+"""Matrix-free products with the pullback metric, built on torch.func.
+
+The metric at weights ``w`` on inputs ``X`` is ``g(w) = mean_x J_x^T H_x J_x`` where
+``J_x = df(x; w)/dw`` and ``H_x`` is the Hessian of the output divergence ``D(z, f(x; w))`` in
+``z`` at zero displacement. ``g`` and ``J`` are never materialised: ``g v`` is one jvp, one
+output-space Hessian-vector product and one vjp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fipframe.core.params import Params
+
+Divergence = Callable[[Tensor, Tensor], Tensor]  # (logits, reference logits) -> per-sample D
+
+
+def divergence_hvp(divergence: Divergence, z: Tensor, u: Tensor) -> Tensor:
+    """``H u`` per sample, with ``H`` the Hessian of ``z' -> D(z', z)`` at ``z' = z``.
+
+    Works for any twice-differentiable divergence through forward-over-reverse autodiff;
+    metrics with a closed form override :meth:`fipframe.core.Metric.output_hvp`.
+    """
+    ref = z.detach()
+
+    def grad_d(zz: Tensor) -> Tensor:
+        return torch.func.grad(lambda q: divergence(q, ref).sum())(zz)
+
+    return torch.func.jvp(grad_d, (ref,), (u,))[1]
+
+
+def metric_vp(
+    forward: Callable[[Params], Tensor],
+    params: Params,
+    v: Params,
+    output_hvp: Callable[[Tensor, Tensor], Tensor],
+) -> Params:
+    """``g v = mean_x J_x^T H_x J_x v`` for ``forward(params) -> logits [N, ...]``.
+
+    Args:
+        forward: maps weights to the outputs on a fixed input set (first dim = samples).
+        params: the point ``w``.
+        v: tangent vector, same structure as ``params``.
+        output_hvp: ``(z, u) -> H u`` per sample in output space.
+    """
+    z, jv = torch.func.jvp(forward, (params,), (v,))
+    hu = output_hvp(z.detach(), jv) / z.shape[0]
+    _, pullback = torch.func.vjp(forward, params)
+    return pullback(hu)[0]
+
+
+def dense_metric(
+    forward: Callable[[Params], Tensor],
+    params: Params,
+    divergence: Divergence,
+) -> Tensor:
+    """Dense ``mean_x J_x^T H_x J_x`` as a [P, P] matrix. A test oracle for tiny models only."""
+    from fipframe.core.params import ParamSpace
+
+    space = ParamSpace.of(params)
+    flat = space.flatten(params)
+
+    def f(w: Tensor) -> Tensor:
+        return forward(space.unflatten(w))
+
+    z = f(flat).detach()
+    jac = torch.func.jacrev(f)(flat).reshape(z.shape[0], -1, flat.numel())  # [N, C, P]
+    zf = z.reshape(z.shape[0], -1)
+
+    def d_one(zi: Tensor, ri: Tensor) -> Tensor:
+        return divergence(zi.reshape((1,) + z.shape[1:]), ri.reshape((1,) + z.shape[1:])).sum()
+
+    hess = torch.stack(
+        [torch.func.hessian(d_one)(zf[i], zf[i]) for i in range(zf.shape[0])]
+    )  # [N, C, C]
+    return torch.einsum("ncp,ncd,ndq->pq", jac, hess, jac) / z.shape[0]

@@ -1,0 +1,98 @@
+"""A fixed budget of stored inputs from earlier tasks, shared by every method.
+
+Selection is seeded and prefix-stable: each task keeps an ordering of its training examples
+(round-robin over classes for ``class_balanced``), and the task's quota takes a prefix of it.
+When a new task arrives the budget is re-divided equally and every task keeps a prefix, so the
+memory after tasks 1..k is a pure function of (seed, tasks), which makes resume exact.
+Labels are stored too; methods that must not use them (FIP) read ``inputs`` only.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fipframe.data.task import Task
+
+
+class Memory:
+    def __init__(
+        self,
+        size: int,
+        selection: Literal["class_balanced", "random"] = "class_balanced",
+        *,
+        seed: int = 0,
+    ):
+        self.size = size
+        self.selection = selection
+        self.seed = seed
+        self._tasks: list[tuple[int, Task, Tensor]] = []  # (task index, task, ordering)
+        self.inputs: Tensor | None = None
+        self.targets: Tensor | None = None
+        self.task_ids: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.targets is None else int(self.targets.shape[0])
+
+    @property
+    def seen(self) -> list[int]:
+        return [i for i, _, _ in self._tasks]
+
+    def copy(self) -> Memory:
+        other = Memory(self.size, self.selection, seed=self.seed)
+        other._tasks = list(self._tasks)
+        other._materialise()
+        return other
+
+    def add_task(self, index: int, task: Task) -> None:
+        """Make room for task ``index`` and store its share of the budget."""
+        if index in self.seen or self.size == 0:
+            return
+        self._tasks.append((index, task, self._ordering(index, task)))
+        self._materialise()
+
+    def _ordering(self, index: int, task: Task) -> Tensor:
+        g = torch.Generator().manual_seed(zlib.crc32(f"memory/{self.seed}/{index}".encode()))
+        y = task.train.y.cpu()
+        if self.selection == "random":
+            return torch.randperm(len(y), generator=g)[: self.size]
+        per_class = []
+        for c in torch.unique(y):
+            members = (y == c).nonzero().squeeze(1)
+            per_class.append(members[torch.randperm(len(members), generator=g)])
+        depth = max(len(m) for m in per_class)
+        padded = torch.full((len(per_class), depth), -1, dtype=torch.long)
+        for row, m in enumerate(per_class):
+            padded[row, : len(m)] = m
+        order = padded.t().reshape(-1)  # round-robin over classes
+        return order[order >= 0][: self.size]
+
+    def _materialise(self) -> None:
+        n = len(self._tasks)
+        if n == 0:
+            return
+        base, extra = divmod(self.size, n)
+        xs, ys, ts = [], [], []
+        for k, (index, task, order) in enumerate(self._tasks):
+            take = order[: base + (1 if k < extra else 0)].to(task.train.y.device)
+            xs.append(task.train.x[take])
+            ys.append(task.train.y[take])
+            ts.append(torch.full_like(ys[-1], index))
+        self.inputs, self.targets, self.task_ids = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+
+    def counts(self) -> dict[int, int]:
+        """Stored examples per task index."""
+        if self.task_ids is None:
+            return {}
+        ids, counts = torch.unique(self.task_ids, return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+
+def selected(memory: Memory) -> tuple[Tensor, Tensor]:
+    """(inputs, targets) of a non-empty memory."""
+    if memory.inputs is None or memory.targets is None:
+        raise ValueError("memory is empty")
+    return memory.inputs, memory.targets

@@ -1,0 +1,156 @@
+"""RunResult: what a traversal measured, read from its records; tables and plots of it.
+
+Accuracies are class-incremental: one shared head, argmax over every class. ``final`` holds
+each branch's test accuracy per task after its last stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRUNK = "trunk"
+
+
+@dataclass
+class RunResult:
+    records: list[dict[str, Any]]
+    task_names: list[str]
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(
+        cls, records: list[dict[str, Any]], tasks: Any, run_dir: Path | None
+    ) -> RunResult:
+        return cls(list(records), [t.name for t in tasks.tasks], run_dir)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunResult:
+        """Rebuild the result of a (possibly unfinished) run from its directory."""
+        from fipframe.traversal.artifact import METRICS, RunDir
+
+        root = Path(run_dir)
+        if not (root / METRICS).exists():
+            from fipframe.errors import ConfigError
+
+            raise ConfigError(f"{root}: not a run directory (no {METRICS})")
+        records = list(RunDir(root).records())
+        names: list[str] = []
+        summary = root / "summary.json"
+        if summary.exists():
+            names = json.loads(summary.read_text()).get("tasks", [])
+        if not names:
+            n = len({k for r in records for k in r["metrics"] if k.startswith("acc/test/task_")})
+            names = [f"task_{i}" for i in range(n)]
+        return cls(records, names, root)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def branches(self) -> list[str]:
+        seen = [r["branch"] for r in self.records]
+        names = list(dict.fromkeys(seen))
+        return [b for b in names if b != TRUNK] or [TRUNK]
+
+    def _last_end(self, branch: str) -> dict[str, Any] | None:
+        ends = [r for r in self.records if r["kind"] == "stage_end" and r["branch"] == branch]
+        return ends[-1] if ends else None
+
+    def accuracies(self, branch: str, split: str = "test") -> list[float] | None:
+        """Per-task accuracy after the branch's last finished stage (None if none finished)."""
+        end = self._last_end(branch)
+        if end is None:
+            return None
+        return [
+            end["metrics"].get(f"acc/{split}/task_{i}", float("nan"))
+            for i in range(len(self.task_names))
+        ]
+
+    @property
+    def final(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for branch in self.branches:
+            accs = self.accuracies(branch)
+            if accs is not None:
+                out[branch] = dict(zip(self.task_names, accs, strict=True))
+        return out
+
+    def path(self, branch: str) -> list[dict[str, Any]]:
+        """Records along a branch's whole path: the trunk's, then the branch's own."""
+        return [r for r in self.records if r["branch"] in (TRUNK, branch)]
+
+    def table(self, split: str = "test") -> str:
+        """A plain-text table of per-task and average accuracy (%) per branch."""
+        rows: list[tuple[str, list[float]]] = []
+        start = self.accuracies(TRUNK, split)
+        if start is not None and self.branches != [TRUNK]:
+            rows.append(("start (end of shared stages)", start))
+        for branch in self.branches:
+            accs = self.accuracies(branch, split)
+            if accs is not None:
+                rows.append((branch, accs))
+        heads = [*self.task_names, "average"]
+        width = max([len(r[0]) for r in rows] + [6])
+        lines = [
+            f"{split} accuracy (%), one shared head",
+            "method".ljust(width) + "".join(f"  {h:>14}" for h in heads),
+        ]
+        for name, accs in rows:
+            cells = [*accs, sum(accs) / len(accs)]
+            lines.append(name.ljust(width) + "".join(f"  {100 * a:14.2f}" for a in cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": self.task_names,
+            "final_test_accuracy": self.final,
+            "final_val_accuracy": {b: self.accuracies(b, "val") for b in self.branches},
+            **self.extra,
+        }
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.run_dir is None:
+            return
+        from fipframe.traversal.artifact import RunDir
+
+        rd = RunDir(self.run_dir)
+        rd.write_json("summary.json", self.to_dict())
+        rd.write_text("results.txt", self.table() + "\n")
+        self.plot(self.run_dir / "accuracy.png")
+
+    def plot(self, path: str | Path) -> Path:
+        """Test accuracy of every task along each branch's path, one panel per branch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        branches = self.branches
+        fig, axes = plt.subplots(
+            1, len(branches), figsize=(4.2 * len(branches), 3.4), sharey=True, squeeze=False
+        )
+        trunk_steps = max(
+            (r["global_step"] for r in self.records if r["branch"] == TRUNK), default=0
+        )
+        for ax, branch in zip(axes[0], branches, strict=True):
+            recs = self.path(branch)
+            steps = [r["global_step"] for r in recs]
+            for i, name in enumerate(self.task_names):
+                ys = [100 * r["metrics"].get(f"acc/test/task_{i}", float("nan")) for r in recs]
+                ax.plot(steps, ys, label=name, lw=1.6)
+            if branch != TRUNK and trunk_steps:
+                ax.axvline(trunk_steps, color="0.6", ls="--", lw=1)
+            ax.set_title(branch)
+            ax.set_xlabel("step along the path")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test accuracy (%)")
+        axes[0][-1].legend(loc="lower left", fontsize=8)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out

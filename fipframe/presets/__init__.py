@@ -1,0 +1,1 @@
+"""Named, validated configs shipped with fipframe (``fipframe presets``)."""

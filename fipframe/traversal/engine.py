@@ -1,0 +1,545 @@
+"""The scheduler: builds every component from a RunConfig and walks the path.
+
+A run is a list of shared ``stages`` (the trunk) followed by named ``branches`` that each
+continue from the trunk's last point. Each stage takes ``steps`` integrator steps. Every
+``run.chunk`` steps the engine evaluates every task, fires ``fipframe_chunk_end``, feeds the
+loggers and commits a checkpoint; this is the only place it syncs with the device.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from fipframe.core.integrator import StepProblem, Terms
+from fipframe.core.objective import StageContext
+from fipframe.core.params import Params, all_finite
+from fipframe.data.memory import Memory
+from fipframe.data.sampling import Sampler
+from fipframe.errors import TraversalError
+from fipframe.eval.results import RunResult
+from fipframe.traversal.artifact import RunDir, load_point
+
+TRUNK = "trunk"
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.modules.dropout._DropoutNd)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TraversalError(f"run.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class Position:
+    """Where the traversal is: branch, stage index and name, next step within the stage."""
+
+    branch: str = TRUNK
+    stage: int = 0
+    stage_name: str = ""
+    step: int = 0
+
+
+@dataclass
+class _Resume:
+    params: Params
+    state: Any
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Stage:
+    """The built components of one stage."""
+
+    cfg: Any
+    integrator: Any
+    metric: Any
+    objectives: list[Any]
+    anchor_ref: Tensor | None
+    stored: Sampler | None
+    fused: bool
+    progress_total: int = field(default=1)
+
+
+class Traversal:
+    """A built traversal. ``run()`` walks it and returns a :class:`RunResult`."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        pm: Any,
+        registry: Any,
+        out: str | Path | None = None,
+        model: nn.Module | None = None,
+    ):
+        self.config = config
+        self.pm = pm
+        self.registry = registry
+        rs = config.run
+        self.device = resolve_device(rs.device)
+        self.dtype = getattr(torch, rs.dtype)
+        self.dir = RunDir(out) if out is not None else None
+        self.position = Position()
+        torch.manual_seed(rs.seed)
+        self.tasks = registry.build("dataset", config.data, seed=rs.seed).to(
+            self.device, self.dtype
+        )
+        if model is None:
+            self.adapter = registry.build(
+                "adapter",
+                config.model,
+                input_shape=self.tasks.input_shape,
+                num_classes=self.tasks.num_classes,
+            )
+        else:
+            globs = tuple(getattr(config.model, "traversable", ("*",)))
+            self.adapter = pm.hook.fipframe_resolve_adapter(model=model, traversable=globs)
+        self.adapter.to(self.device, self.dtype)
+        self.mode_dependent = any(
+            isinstance(m, _MODE_DEPENDENT) for m in self.adapter.model.modules()
+        )
+        self.manifold = registry.build("manifold", config.manifold)
+        self.loggers: list[Any] = []
+        self._seq = 0
+        self._t0 = time.monotonic()
+        self._last_line = 0.0
+
+    # -- public ----------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> RunResult:
+        """Walk every stage of the trunk and of each branch; resume from the checkpoint if asked."""
+        if self.dir is not None:
+            self.dir.create(fresh=not resume)
+        restart = self._load_resume() if resume else None
+        if self.dir is not None and not resume:
+            self.dir.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
+            self.dir.write_json("plugins.json", self._plugin_versions())
+        if self.dir is not None:
+            self.loggers = [
+                self.registry.build("logger", c, run_dir=self.dir.root) for c in self.config.loggers
+            ]
+        self.pm.hook.fipframe_traversal_start(run=self)
+        try:
+            self._walk(restart)
+        finally:
+            for logger in self.loggers:
+                logger.close()
+        result = RunResult.from_records(
+            self._records, self.tasks, self.dir.root if self.dir else None
+        )
+        if self.dir is not None:
+            result.save()
+        self.pm.hook.fipframe_traversal_end(run=self, result=result)
+        return result
+
+    # -- walking ---------------------------------------------------------------------------
+    def _plan(self) -> list[tuple[str, list[Any]]]:
+        return [(TRUNK, list(self.config.stages))] + [
+            (name, list(stages)) for name, stages in self.config.branches.items()
+        ]
+
+    def _walk(self, restart: _Resume | None) -> None:
+        self._records: list[dict[str, Any]] = (
+            list(self.dir.records()) if (self.dir and restart) else []
+        )
+        mem_cfg = self.config.memory
+        trunk_memory = Memory(mem_cfg.size, mem_cfg.selection, seed=self.config.run.seed)
+        trunk_end: Params | None = None
+        params0 = self.adapter.params()
+        resume_at = (restart.meta["branch"], restart.meta["stage"]) if restart else None
+        plan = self._plan()
+        order = [b for b, _ in plan]
+        for branch, stages in plan:
+            if branch == TRUNK:
+                memory, params = trunk_memory, params0
+            else:
+                assert trunk_end is not None
+                memory, params = trunk_memory.copy(), trunk_end
+            if resume_at and order.index(branch) < order.index(resume_at[0]):
+                self._replay_memory(memory, stages)
+                if branch == TRUNK:
+                    trunk_end = self._trunk_end_from_disk()
+                continue
+            for si, stage in enumerate(stages):
+                if resume_at and branch == resume_at[0] and si < resume_at[1]:
+                    if stage.task is not None:
+                        memory.add_task(stage.task, self.tasks.tasks[stage.task])
+                    continue
+                start = None
+                if resume_at and (branch, si) == resume_at:
+                    assert restart is not None
+                    start = restart
+                    params = load_point(self.dir.root / restart.meta["anchor"], self.device)  # type: ignore[union-attr]
+                    resume_at = None
+                params = self._run_stage(branch, si, stage, params, memory, start)
+                if stage.task is not None:
+                    memory.add_task(stage.task, self.tasks.tasks[stage.task])
+            if branch == TRUNK:
+                trunk_end = params
+
+    def _replay_memory(self, memory: Memory, stages: list[Any]) -> None:
+        for stage in stages:
+            if stage.task is not None:
+                memory.add_task(stage.task, self.tasks.tasks[stage.task])
+
+    def _trunk_end_from_disk(self) -> Params:
+        ends = [r for r in self._records if r["kind"] == "stage_end" and r["branch"] == TRUNK]
+        if not ends or self.dir is None:
+            raise TraversalError(
+                "cannot resume: the trunk's last point is missing from metrics.jsonl"
+            )
+        return load_point(self.dir.root / ends[-1]["point"], self.device)
+
+    def _load_resume(self) -> _Resume:
+        assert self.dir is not None
+        params, state, meta = self.dir.load_checkpoint(self.device)
+        self.dir.truncate_records(meta["seq"])
+        self._seq = meta["seq"] + 1
+        return _Resume(params, state, meta)
+
+    # -- one stage -------------------------------------------------------------------------
+    def _build_stage(
+        self, branch: str, si: int, cfg: Any, anchor: Params, memory: Memory
+    ) -> _Stage:
+        reg = self.registry
+        integrator = reg.build("integrator", cfg.integrator)
+        metric = reg.build("metric", cfg.metric) if cfg.metric is not None else None
+        objectives = [reg.build("objective", o) for o in cfg.objectives]
+        seed = self.config.run.seed
+
+        def sampler(name: str, n: int, batch_size: int) -> Sampler:
+            key = zlib.crc32(f"{seed}/{branch}/{si}".encode())
+            return Sampler(n, batch_size, seed=key, name=name, device=self.device)
+
+        task = self.tasks.tasks[cfg.task] if cfg.task is not None else None
+        ctx = StageContext(
+            self.tasks,
+            task,
+            memory,
+            self.adapter,
+            cfg.batch_size,
+            cfg.memory_batch,
+            sampler,
+            cfg.steps,
+        )
+        for objective in objectives:
+            objective.bind(ctx)
+        anchor_ref, stored = None, None
+        if metric is not None and len(memory):
+            # anchor outputs on the fixed stored inputs: computed once, in eval mode
+            anchor_ref = metric.reference(self._logits(anchor, memory.inputs))
+            stored = sampler("stored_inputs", len(memory), cfg.memory_batch)
+        return _Stage(
+            cfg, integrator, metric, objectives, anchor_ref, stored, fused=not self.mode_dependent
+        )
+
+    def _problem(self, st: _Stage, memory: Memory, step: int, progress: float) -> StepProblem:
+        batches = [o.sample(step) for o in st.objectives]
+        inputs = [b.inputs for b in batches if b is not None]
+        mem_x = mem_ref = None
+        if st.stored is not None:
+            idx = st.stored.indices(step)
+            mem_x, mem_ref = memory.inputs[idx], st.anchor_ref[idx]  # type: ignore[index]
+        weights = [o.weight(progress) for o in st.objectives]
+        fuse = st.fused and mem_x is not None
+        sizes = [x.shape[0] for x in inputs] + ([mem_x.shape[0]] if fuse else [])  # type: ignore[union-attr]
+        adapter, metric = self.adapter, st.metric
+
+        def evaluate(p: Params) -> Terms:
+            logits: list[Tensor | None] = []
+            if sizes:
+                everything = torch.cat(inputs + ([mem_x] if fuse else []))  # type: ignore[list-item]
+                logits = list(torch.split(adapter.forward(p, everything), sizes))
+            parts: dict[str, Tensor] = {}
+            it = iter(logits)
+            total: Tensor | None = None
+            for obj, batch, w in zip(st.objectives, batches, weights, strict=True):
+                term = obj.loss(p, next(it) if batch is not None else None, batch)
+                name = obj.config.kind
+                parts[name] = parts[name] + term if name in parts else term
+                total = w * term if total is None else total + w * term
+            if total is None:
+                total = next(iter(p.values())).new_zeros(())
+            divergence = None
+            if mem_x is not None:
+                if fuse:
+                    mem_logits = next(it)
+                else:
+                    adapter.train(False)
+                    mem_logits = adapter.forward(p, mem_x)
+                    adapter.train(True)
+                divergence = metric.divergence(mem_logits, mem_ref).mean()
+            return Terms(total, divergence, parts)
+
+        stored_forward = (lambda p: adapter.forward(p, mem_x)) if mem_x is not None else None
+        return StepProblem(evaluate, self.manifold, metric, progress, stored_forward)
+
+    def _run_stage(
+        self, branch: str, si: int, cfg: Any, params: Params, memory: Memory, resume: _Resume | None
+    ) -> Params:
+        anchor = params
+        anchor_rel = self._stage_start_point(branch, si, cfg, anchor, resume)
+        st = self._build_stage(branch, si, cfg, anchor, memory)
+        if resume is not None:
+            params, state, step, scale = (
+                resume.params,
+                resume.state,
+                resume.meta["step"],
+                resume.meta["scale"],
+            )
+            rollbacks = resume.meta.get("rollbacks", 0)
+        else:
+            state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
+        self.position = Position(branch, si, cfg.name, step)
+        chunk = self.config.run.chunk
+        good = (params, state, step)
+        sums: dict[str, Tensor] = {}
+        count = 0
+        if resume is not None and resume.meta.get("done"):
+            return params  # the stage had finished before the interruption
+        train_metrics: dict[str, float] = {}
+        with self._progress(branch, cfg, step) as bar:
+            self.adapter.train(True)
+            while step < cfg.steps:
+                problem = self._problem(st, memory, step, step / cfg.steps)
+                params, state, stats = st.integrator.step(params, state, problem, scale)
+                for k, v in stats.items():
+                    sums[k] = sums[k] + v if k in sums else v.detach().clone()
+                count += 1
+                step += 1
+                if step % chunk and step != cfg.steps:
+                    continue
+                finite = bool(all_finite(params)) and all(
+                    bool(torch.isfinite(v)) for v in sums.values()
+                )
+                if not finite:
+                    rollbacks += 1
+                    if rollbacks > self.config.run.max_rollbacks:
+                        raise TraversalError(
+                            f"{branch}/{cfg.name}: non-finite values at step {step} after "
+                            f"{rollbacks - 1} rollbacks; lower the step size"
+                        )
+                    params, state, step = good
+                    scale *= 0.5
+                    sums, count = {}, 0
+                    self._line(
+                        f"{branch}/{cfg.name}: non-finite values; rolled back to step "
+                        f"{step}, step scale now {scale:g}"
+                    )
+                    continue
+                for objective in st.objectives:
+                    objective.refresh(params, step)
+                train_metrics = {k: float(v) / count for k, v in sums.items()}
+                train_metrics["step_scale"] = scale
+                sums, count = {}, 0
+                good = (params, state, step)
+                self.position.step = step
+                bar.update(step - bar.n)
+                if step == cfg.steps:
+                    break  # the stage-end record below carries this chunk
+                metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
+                point = None
+                every = self.config.run.save_every
+                if self.dir is not None and every and step % every == 0:
+                    point = self._save(branch, si, cfg, step, params)
+                self._emit("chunk", branch, si, cfg, step, metrics, point)
+                self._commit(branch, si, step, params, state, scale, rollbacks, anchor_rel)
+                bar.set_postfix_str(_short(metrics, cfg.task))
+                self._maybe_line(branch, cfg, step, metrics)
+        metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
+        point = self._save(branch, si, cfg, cfg.steps, params, tag="end") if self.dir else None
+        self._emit("stage_end", branch, si, cfg, cfg.steps, metrics, point)
+        self._commit(branch, si, cfg.steps, params, {}, scale, rollbacks, anchor_rel, done=True)
+        self._line(f"{branch}/{cfg.name}: done. " + _short(metrics, cfg.task))
+        return params
+
+    def _stage_start_point(
+        self, branch: str, si: int, cfg: Any, anchor: Params, resume: _Resume | None
+    ) -> str | None:
+        if self.dir is None:
+            return None
+        if resume is not None:
+            return resume.meta["anchor"]
+        return self._save(branch, si, cfg, 0, anchor, tag="start")
+
+    # -- evaluation, events, persistence ---------------------------------------------------
+    def _logits(self, params: Params, x: Tensor) -> Tensor:
+        bs = self.config.run.eval_batch_size
+        was = self.adapter.model.training
+        self.adapter.train(False)
+        with torch.no_grad():
+            out = torch.cat(
+                [self.adapter.forward(params, x[i : i + bs]) for i in range(0, len(x), bs)]
+            )
+        self.adapter.train(was)
+        return out
+
+    def _evaluate(self, params: Params, current: int | None) -> dict[str, float]:
+        names, values = [], []
+        for split in ("val", "test"):
+            for i, task in enumerate(self.tasks.tasks):
+                data = getattr(task, split)
+                if len(data) == 0:
+                    continue
+                pred = self._logits(params, data.x).argmax(-1)
+                names.append(f"acc/{split}/task_{i}")
+                values.append((pred == data.y).float().mean())
+        out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
+        n = len(self.tasks.tasks)
+        for split in ("val", "test"):
+            accs = [
+                out[f"acc/{split}/task_{i}"] for i in range(n) if f"acc/{split}/task_{i}" in out
+            ]
+            if accs:
+                out[f"acc/{split}/average"] = sum(accs) / len(accs)
+        return out
+
+    def _emit(
+        self,
+        kind: str,
+        branch: str,
+        si: int,
+        cfg: Any,
+        step: int,
+        metrics: dict[str, float],
+        point: str | None,
+    ) -> None:
+        record = {
+            "seq": self._seq,
+            "kind": kind,
+            "branch": branch,
+            "stage": cfg.name,
+            "stage_index": si,
+            "task": cfg.task,
+            "step": step,
+            "global_step": self._global_step(branch, si, step),
+            "point": point,
+            "time": round(time.monotonic() - self._t0, 3),
+            "metrics": metrics,
+        }
+        self._records.append(record)
+        if self.dir is not None:
+            self.dir.append_record(record)
+        for logger in self.loggers:
+            logger.log(record)
+        self.pm.hook.fipframe_chunk_end(run=self, step=record["global_step"], metrics=metrics)
+
+    def _commit(
+        self,
+        branch: str,
+        si: int,
+        step: int,
+        params: Params,
+        state: Any,
+        scale: float,
+        rollbacks: int,
+        anchor_rel: str | None,
+        done: bool = False,
+    ) -> None:
+        if self.dir is not None:
+            meta = {
+                "seq": self._seq,
+                "branch": branch,
+                "stage": si,
+                "step": step,
+                "scale": scale,
+                "rollbacks": rollbacks,
+                "anchor": anchor_rel,
+                "done": done,
+            }
+            self.dir.commit(params, state, meta)
+        self._seq += 1
+
+    def _save(
+        self, branch: str, si: int, cfg: Any, step: int, params: Params, tag: str = ""
+    ) -> str:
+        assert self.dir is not None
+        name = f"{branch}-{si:02d}-{cfg.name}-{tag or f'{step:07d}'}"
+        meta = {"branch": branch, "stage": cfg.name, "stage_index": si, "step": step}
+        return self.dir.save_point(name, params, meta)
+
+    def _global_step(self, branch: str, si: int, step: int) -> int:
+        trunk = list(self.config.stages)
+        if branch == TRUNK:
+            return sum(s.steps for s in trunk[:si]) + step
+        stages = self.config.branches[branch]
+        return sum(s.steps for s in trunk) + sum(s.steps for s in stages[:si]) + step
+
+    def _plugin_versions(self) -> dict[str, Any]:
+        return {
+            "torch": torch.__version__,
+            "plugins": {
+                n: {"dist": s.dist, "version": s.version, "module": s.module}
+                for n, s in self.pm.sources.items()
+            },
+        }
+
+    # -- output ----------------------------------------------------------------------------
+    def _mode(self) -> str:
+        mode = self.config.run.progress
+        if mode == "auto":
+            return "bar" if sys.stderr.isatty() else "lines"
+        return mode
+
+    @contextmanager
+    def _progress(self, branch: str, cfg: Any, start: int) -> Iterator[Any]:
+        if self._mode() == "bar":
+            from tqdm import tqdm
+
+            with tqdm(
+                total=cfg.steps,
+                initial=start,
+                desc=f"{branch}/{cfg.name}",
+                leave=False,
+                dynamic_ncols=True,
+            ) as bar:
+                yield bar
+        else:
+            yield _NoBar(start)
+
+    def _line(self, text: str) -> None:
+        if self._mode() != "off":
+            print(text, file=sys.stderr, flush=True)
+
+    def _maybe_line(self, branch: str, cfg: Any, step: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        if self._mode() == "lines" and now - self._last_line >= 10.0:
+            self._last_line = now
+            self._line(f"{branch}/{cfg.name} step {step}/{cfg.steps} " + _short(metrics, cfg.task))
+
+
+class _NoBar:
+    def __init__(self, n: int):
+        self.n = n
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+
+def _short(metrics: dict[str, float], task: int | None) -> str:
+    parts = []
+    if "loss/total" in metrics and math.isfinite(metrics["loss/total"]):
+        parts.append(f"loss {metrics['loss/total']:.3f}")
+    if "loss/divergence" in metrics:
+        parts.append(f"div {metrics['loss/divergence']:.4f}")
+    accs = sorted(k for k in metrics if k.startswith("acc/test/task_"))
+    if accs:
+        parts.append("test acc " + " ".join(f"{100 * metrics[k]:.1f}" for k in accs))
+    return ", ".join(parts)
