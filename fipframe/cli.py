@@ -63,10 +63,12 @@ def cmd_validate(args: argparse.Namespace, pm: Any) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, pm: Any) -> int:
-    from fipframe.config import config_model
+    from fipframe.config import config_model, markdown_reference
 
-    schema = config_model(pm.registry, pm).model_json_schema()
-    text = json.dumps(schema, indent=2)
+    if args.markdown:
+        text = markdown_reference(pm.registry)
+    else:
+        text = json.dumps(config_model(pm.registry, pm).model_json_schema(), indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     else:
@@ -135,6 +137,7 @@ def parser(pm: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("schema", help="print the JSON schema of configs (installed plugins)")
     p.add_argument("--out", help="write to a file instead of stdout")
+    p.add_argument("--markdown", action="store_true", help="a readable reference of every kind")
     p.set_defaults(func=cmd_schema)
     sub.add_parser("plugins", help="list kinds per family and where they come from").set_defaults(
         func=cmd_plugins

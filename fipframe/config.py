@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
@@ -265,3 +265,48 @@ def _path(loc: Sequence[Any], registry: Registry) -> str:
         family = SLOTS.get(item, family if item.isdigit() else None)
         out += ("." if out else "") + item
     return out or "(top level)"
+
+
+# -- reference --------------------------------------------------------------------------------
+def _type_name(annotation: Any) -> str:
+    plain = isinstance(annotation, type) and get_origin(annotation) is None
+    text = annotation.__name__ if plain else str(annotation)
+    for long, short in (
+        ("typing.", ""),
+        ("fipframe.core.configs.", ""),
+        ("Union[float, Ramp]", "number or Ramp"),
+        ("Optional[int]", "int or None"),
+    ):
+        text = text.replace(long, short)
+    return text.replace("|", "or")
+
+
+def markdown_reference(registry: Registry) -> str:
+    """Every kind of every family with its fields, as Markdown (`fipframe schema --markdown`)."""
+    from fipframe.registry import FAMILIES
+
+    lines = []
+    for family in FAMILIES:
+        lines += [f"### {family} kinds", ""]
+        for entry in registry.entries(family):
+            spec = entry.spec
+            origin = f"{entry.dist}" if entry.dist else entry.plugin
+            lines += [f"#### `{spec.kind}` ({origin})", "", spec.summary, ""]
+            fields = [(n, f) for n, f in spec.config.model_fields.items() if n != "kind"]
+            if not fields:
+                lines += ["No fields.", ""]
+                continue
+            lines += ["| field | type | default | description |", "|---|---|---|---|"]
+            for name, f in fields:
+                default = (
+                    "required"
+                    if f.is_required()
+                    else repr(f.get_default(call_default_factory=True))
+                )
+                if hasattr(f.get_default(), "model_dump"):
+                    default = json.dumps(f.get_default().model_dump())
+                lines.append(
+                    f"| `{name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |"
+                )
+            lines.append("")
+    return "\n".join(lines)

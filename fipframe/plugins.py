@@ -142,6 +142,7 @@ def make_plugin_manager(
     for i, plugin in enumerate(plugins):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
         pm.register_source(plugin, PluginSource(name, None, None, repr(plugin)))
+    pm.registry  # noqa: B018  (build now, so pm.failures is complete on return)
     return pm
 
 

@@ -27,7 +27,9 @@ from fipframe.registry import Spec
 class GradientConfig(PluginConfig):
     kind: Literal["gradient"] = "gradient"
     lr: Scheduled = Field(1e-3, description="learning rate (number or ramp)")
-    optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
+    optimizer: optim.OptimizerConfig = Field(
+        optim.OptimizerConfig(), description="inner optimiser (adam or sgd) and its settings"
+    )
 
 
 class PenaltyConfig(GradientConfig):

@@ -45,6 +45,7 @@ class StageContext:
     memory_batch: int
     sampler: Callable[[str, int, int], Sampler]  # (name, population, batch_size) -> Sampler
     steps: int
+    anchor: Params  # the point the stage starts from
 
 
 class SecondaryObjective(ABC):

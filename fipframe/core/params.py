@@ -38,6 +38,11 @@ def add(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float = 1.0) ->
     return like(a, torch._foreach_add(values(a), values(b), alpha=alpha))
 
 
+def sub_tree(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Params:
+    """a - b."""
+    return like(a, torch._foreach_sub(values(a), values(b)))
+
+
 def scale(a: Mapping[str, Tensor], s: float | Tensor) -> Params:
     return like(a, torch._foreach_mul(values(a), s))
 

@@ -84,10 +84,15 @@ def read_meta(path: Path) -> dict[str, Any]:
         return json.loads((f.metadata() or {}).get("fipframe", "{}"))
 
 
+def _params(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Params:
+    """The ``param/`` tensors in their original order (safetensors sorts keys)."""
+    names = [k[len("param/") :] for k in tensors if k.startswith("param/")]
+    return {name: tensors[f"param/{name}"] for name in meta.get("params") or sorted(names)}
+
+
 def load_point(path: str | Path, device: str | torch.device = "cpu") -> Params:
     """Load the weights of a saved point (or of the checkpoint) as a Params dict."""
-    tensors = load_file(str(path), device=str(device))
-    return {k[len("param/") :]: v for k, v in tensors.items() if k.startswith("param/")}
+    return _params(load_file(str(path), device=str(device)), read_meta(Path(path)))
 
 
 # -- nested state <-> flat tensors ------------------------------------------------------------
@@ -144,7 +149,8 @@ class RunDir:
     # -- points and records --------------------------------------------------------------------
     def save_point(self, name: str, params: Params, meta: dict[str, Any]) -> str:
         rel = f"points/{name}.safetensors"
-        atomic_save_tensors(self.root / rel, {f"param/{k}": v for k, v in params.items()}, meta)
+        tensors = {f"param/{k}": v for k, v in params.items()}
+        atomic_save_tensors(self.root / rel, tensors, dict(meta, params=list(params)))
         return rel
 
     def append_record(self, record: dict[str, Any]) -> None:
@@ -174,7 +180,7 @@ class RunDir:
     # -- checkpoint (the commit record) --------------------------------------------------------
     def commit(self, params: Params, state: Any, meta: dict[str, Any]) -> None:
         tensors: dict[str, Tensor] = {f"param/{k}": v for k, v in params.items()}
-        meta = dict(meta, state=flatten_state(state, "state", tensors))
+        meta = dict(meta, params=list(params), state=flatten_state(state, "state", tensors))
         tensors["rng/cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -192,6 +198,6 @@ class RunDir:
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
         moved = {k: v.to(device) for k, v in tensors.items() if not k.startswith("rng/")}
-        params = {k[len("param/") :]: v for k, v in moved.items() if k.startswith("param/")}
+        params = _params(moved, meta)
         state = unflatten_state(meta.pop("state"), moved)
         return params, state, meta

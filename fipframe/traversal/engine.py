@@ -235,6 +235,7 @@ class Traversal:
             cfg.memory_batch,
             sampler,
             cfg.steps,
+            anchor,
         )
         for objective in objectives:
             objective.bind(ctx)
@@ -304,6 +305,8 @@ class Traversal:
             rollbacks = resume.meta.get("rollbacks", 0)
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
+            # a checkpoint from the very start: an interruption before the first chunk resumes here
+            self._commit(branch, si, 0, params, state, scale, rollbacks, anchor_rel)
         self.position = Position(branch, si, cfg.name, step)
         chunk = self.config.run.chunk
         good = (params, state, step)
@@ -356,14 +359,16 @@ class Traversal:
                 every = self.config.run.save_every
                 if self.dir is not None and every and step % every == 0:
                     point = self._save(branch, si, cfg, step, params)
-                self._emit("chunk", branch, si, cfg, step, metrics, point)
+                record = self._emit("chunk", branch, si, cfg, step, metrics, point)
                 self._commit(branch, si, step, params, state, scale, rollbacks, anchor_rel)
+                self._notify(record)
                 bar.set_postfix_str(_short(metrics, cfg.task))
                 self._maybe_line(branch, cfg, step, metrics)
         metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
         point = self._save(branch, si, cfg, cfg.steps, params, tag="end") if self.dir else None
-        self._emit("stage_end", branch, si, cfg, cfg.steps, metrics, point)
+        record = self._emit("stage_end", branch, si, cfg, cfg.steps, metrics, point)
         self._commit(branch, si, cfg.steps, params, {}, scale, rollbacks, anchor_rel, done=True)
+        self._notify(record)
         self._line(f"{branch}/{cfg.name}: done. " + _short(metrics, cfg.task))
         return params
 
@@ -417,7 +422,7 @@ class Traversal:
         step: int,
         metrics: dict[str, float],
         point: str | None,
-    ) -> None:
+    ) -> dict[str, Any]:
         record = {
             "seq": self._seq,
             "kind": kind,
@@ -431,12 +436,20 @@ class Traversal:
             "time": round(time.monotonic() - self._t0, 3),
             "metrics": metrics,
         }
+        self._seq += 1
         self._records.append(record)
         if self.dir is not None:
             self.dir.append_record(record)
+        return record
+
+    def _notify(self, record: dict[str, Any]) -> None:
+        """Loggers and hooks hear of a record only after it is committed, so an exception or
+        Ctrl-C raised by one of them loses nothing."""
         for logger in self.loggers:
             logger.log(record)
-        self.pm.hook.fipframe_chunk_end(run=self, step=record["global_step"], metrics=metrics)
+        self.pm.hook.fipframe_chunk_end(
+            run=self, step=record["global_step"], metrics=record["metrics"]
+        )
 
     def _commit(
         self,
@@ -452,7 +465,7 @@ class Traversal:
     ) -> None:
         if self.dir is not None:
             meta = {
-                "seq": self._seq,
+                "seq": self._seq - 1,  # the last record this checkpoint covers
                 "branch": branch,
                 "stage": si,
                 "step": step,
@@ -462,7 +475,6 @@ class Traversal:
                 "done": done,
             }
             self.dir.commit(params, state, meta)
-        self._seq += 1
 
     def _save(
         self, branch: str, si: int, cfg: Any, step: int, params: Params, tag: str = ""

