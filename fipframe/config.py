@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from fipframe.errors import ConfigError
 from fipframe.registry import Registry, did_you_mean
@@ -53,6 +61,12 @@ class RunSettings(_Frozen):
         "auto", description="auto: a bar on a terminal, periodic lines otherwise"
     )
     max_rollbacks: int = Field(4, ge=0, description="halvings of the step after non-finite values")
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false and `on` as true."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class MemoryConfig(_Frozen):

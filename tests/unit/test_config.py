@@ -189,3 +189,12 @@ def test_mutated_configs_validate_or_raise_config_error(config):
 
 
 _PM: dict = {}
+
+
+def test_yaml_off_means_progress_off(tmp_path, tiny, pm):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny).replace("progress: 'off'", "progress: off"))
+    assert "progress: off\n" in path.read_text()
+    assert load_config(path, pm=pm).run.progress == "off"
