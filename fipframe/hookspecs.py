@@ -217,8 +217,8 @@ def fipframe_traversal_end(run: Traversal, result: RunResult) -> None:
 def fipframe_add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add sub-commands to the ``fipframe`` CLI.
 
-    Set ``func`` on the sub-parser with ``set_defaults``; it receives the parsed arguments and
-    returns an exit code.
+    Set ``func`` on the sub-parser with ``set_defaults``; it receives the parsed arguments
+    (with the plugin manager as ``args.pm``) and returns an exit code.
 
     Example::
 

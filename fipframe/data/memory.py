@@ -89,10 +89,3 @@ class Memory:
             return {}
         ids, counts = torch.unique(self.task_ids, return_counts=True)
         return dict(zip(ids.tolist(), counts.tolist(), strict=True))
-
-
-def selected(memory: Memory) -> tuple[Tensor, Tensor]:
-    """(inputs, targets) of a non-empty memory."""
-    if memory.inputs is None or memory.targets is None:
-        raise ValueError("memory is empty")
-    return memory.inputs, memory.targets

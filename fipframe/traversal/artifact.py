@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,31 +46,14 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()  # what a plain open() would give; mkstemp's 0600 hides files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+@contextmanager
+def _atomic(path: Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            tmp,
-            metadata={"fipframe": json.dumps(meta)},
-        )
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _MODE)
@@ -77,6 +61,17 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with _atomic(path) as tmp:
+        save_file(cpu, tmp, metadata={"fipframe": json.dumps(meta)})
 
 
 def read_meta(path: Path) -> dict[str, Any]:

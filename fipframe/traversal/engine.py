@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class _Stage:
     anchor_ref: Tensor | None
     stored: Sampler | None
     fused: bool
-    progress_total: int = field(default=1)
 
 
 class Traversal:
@@ -326,9 +325,9 @@ class Traversal:
                 step += 1
                 if step % chunk and step != cfg.steps:
                     continue
-                finite = bool(all_finite(params)) and all(
-                    bool(torch.isfinite(v)) for v in sums.values()
-                )
+                names = list(sums)
+                values = torch.stack([sums[k].float() for k in names])
+                finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
                 if not finite:
                     rollbacks += 1
                     if rollbacks > self.config.run.max_rollbacks:
@@ -346,7 +345,7 @@ class Traversal:
                     continue
                 for objective in st.objectives:
                     objective.refresh(params, step)
-                train_metrics = {k: float(v) / count for k, v in sums.items()}
+                train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
                 train_metrics["step_scale"] = scale
                 sums, count = {}, 0
                 good = (params, state, step)

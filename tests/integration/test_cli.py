@@ -121,3 +121,23 @@ def test_ctrl_c_then_resume(tiny, tmp_path):
     stdout, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "fip" in stdout
+
+
+def test_plugin_adds_a_command(tmp_path, monkeypatch, capsys):
+    from tests.conftest import make_distribution
+
+    source = """
+import fipframe
+
+def hello(args):
+    print("hello from a plugin; metrics:", ",".join(args.pm.registry.kinds("metric")))
+    return 3
+
+@fipframe.hookimpl
+def fipframe_add_commands(subparsers):
+    subparsers.add_parser("hello", help="say hello").set_defaults(func=hello)
+"""
+    make_distribution(tmp_path, "helloplug", "helloplug_mod", source, "hello")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["hello"]) == 3
+    assert "hello from a plugin; metrics: bhattacharyya,kl,l2" in capsys.readouterr().out
