@@ -121,8 +121,11 @@ class Traversal:
     # -- public ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> RunResult:
         """Walk every stage of the trunk and of each branch; resume from the checkpoint if asked."""
+        if resume and self.dir is None:
+            raise TraversalError("resume needs the run directory (out=...) to resume from")
         if self.dir is not None:
             self.dir.create(fresh=not resume)
+        self._records: list[dict[str, Any]] = []
         restart = self._load_resume() if resume else None
         if self.dir is not None and not resume:
             self.dir.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
@@ -152,45 +155,40 @@ class Traversal:
         ]
 
     def _walk(self, restart: _Resume | None) -> None:
-        self._records: list[dict[str, Any]] = (
-            list(self.dir.records()) if (self.dir and restart) else []
-        )
         mem_cfg = self.config.memory
         trunk_memory = Memory(mem_cfg.size, mem_cfg.selection, seed=self.config.run.seed)
         trunk_end: Params | None = None
-        params0 = self.adapter.params()
-        resume_at = (restart.meta["branch"], restart.meta["stage"]) if restart else None
         plan = self._plan()
         order = [b for b, _ in plan]
+        resume_at = (restart.meta["branch"], restart.meta["stage"]) if restart else None
         for branch, stages in plan:
             if branch == TRUNK:
-                memory, params = trunk_memory, params0
+                memory, params = trunk_memory, self.adapter.params()
             else:
                 assert trunk_end is not None
                 memory, params = trunk_memory.copy(), trunk_end
-            if resume_at and order.index(branch) < order.index(resume_at[0]):
-                self._replay_memory(memory, stages)
-                if branch == TRUNK:
-                    trunk_end = self._trunk_end_from_disk()
-                continue
-            for si, stage in enumerate(stages):
-                if resume_at and branch == resume_at[0] and si < resume_at[1]:
-                    if stage.task is not None:
-                        memory.add_task(stage.task, self.tasks.tasks[stage.task])
+            first = 0
+            if resume_at is not None:
+                if order.index(branch) < order.index(resume_at[0]):  # finished before
+                    self._add_tasks(memory, stages)
+                    if branch == TRUNK:
+                        trunk_end = self._trunk_end_from_disk()
                     continue
+                first = resume_at[1]
+                self._add_tasks(memory, stages[:first])
+            for si in range(first, len(stages)):
                 start = None
-                if resume_at and (branch, si) == resume_at:
-                    assert restart is not None
-                    start = restart
-                    params = load_point(self.dir.root / restart.meta["anchor"], self.device)  # type: ignore[union-attr]
-                    resume_at = None
-                params = self._run_stage(branch, si, stage, params, memory, start)
-                if stage.task is not None:
-                    memory.add_task(stage.task, self.tasks.tasks[stage.task])
+                if resume_at is not None:  # the stage that was interrupted
+                    assert restart is not None and self.dir is not None
+                    start, resume_at = restart, None
+                    params = load_point(self.dir.root / restart.meta["anchor"], self.device)
+                params = self._run_stage(branch, si, stages[si], params, memory, start)
+                self._add_tasks(memory, stages[si : si + 1])
             if branch == TRUNK:
                 trunk_end = params
 
-    def _replay_memory(self, memory: Memory, stages: list[Any]) -> None:
+    def _add_tasks(self, memory: Memory, stages: list[Any]) -> None:
+        """Store the tasks of finished stages (a no-op for tasks already stored)."""
         for stage in stages:
             if stage.task is not None:
                 memory.add_task(stage.task, self.tasks.tasks[stage.task])
@@ -207,6 +205,7 @@ class Traversal:
         assert self.dir is not None
         params, state, meta = self.dir.load_checkpoint(self.device)
         self.dir.truncate_records(meta["seq"])
+        self._records = list(self.dir.records())
         self._seq = meta["seq"] + 1
         return _Resume(params, state, meta)
 
