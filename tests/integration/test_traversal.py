@@ -227,6 +227,18 @@ def test_user_model_goes_through_resolve_adapter(tiny):
     assert result.accuracies("trunk")[0] > 0.9
 
 
+def test_cnn_traversal_with_a_scheduled_step(tiny, tmp_path):
+    tiny["model"] = {"kind": "small_cnn", "channels": [8, 16], "hidden": 32}
+    tiny["branches"].pop("finetune")
+    fip = tiny["branches"]["fip"][0]
+    fip["integrator"]["lr"] = {"start": 0.01, "end": 0.0, "shape": "cosine"}
+    tiny["stages"][0]["steps"] = fip["steps"] = 60
+    result = run(load_config(tiny), out=tmp_path / "cnn")
+    assert result.accuracies("trunk")[0] > 0.9
+    old, new = result.accuracies("fip")
+    assert old > 0.9 and new > 0.8
+
+
 @pytest.mark.slow
 def test_demo_preset_meets_its_claims(tmp_path):
     result = run(load_config(preset="split-mnist"), out=tmp_path / "demo")
