@@ -12,13 +12,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from fipframe.core import optim
 from fipframe.core.configs import PluginConfig, Scheduled, value_at
-from fipframe.core.integrator import PathIntegrator, State, StepProblem, Terms
+from fipframe.core.integrator import (
+    PathIntegrator,
+    State,
+    StepProblem,
+    riemannian_gradient,
+    step_stats,
+)
 from fipframe.core.params import Params, like, values
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -43,26 +48,6 @@ class EpsStepConfig(PluginConfig):
     alpha: Scheduled = Field(1.0, description="weight of the mean output divergence")
 
 
-def _gradient(params: Params, problem: StepProblem, alpha: float) -> tuple[Params, Terms, Tensor]:
-    leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    terms = problem.evaluate(like(params, leaves))
-    total = terms.objective
-    if terms.divergence is not None and alpha:
-        total = total + alpha * terms.divergence
-    grads = torch.autograd.grad(total, leaves, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
-    egrad = like(params, grads)
-    return problem.manifold.egrad2rgrad(params, egrad), terms, total.detach()
-
-
-def _stats(terms: Terms, total: Tensor) -> dict[str, Tensor]:
-    out = {"loss/total": total, "loss/objective": terms.objective.detach()}
-    if terms.divergence is not None:
-        out["loss/divergence"] = terms.divergence.detach()
-    out.update({f"loss/{k}": v.detach() for k, v in terms.parts.items()})
-    return out
-
-
 class Gradient(PathIntegrator):
     """An optimiser step on the objectives (and, in subclasses, the divergence penalty)."""
 
@@ -75,14 +60,14 @@ class Gradient(PathIntegrator):
     def step(
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
     ) -> tuple[Params, State, dict[str, Tensor]]:
-        rgrad, terms, total = _gradient(params, problem, self._alpha(problem))
+        rgrad, terms, total = riemannian_gradient(params, problem, self._alpha(problem))
         direction, opt_state = optim.update(
             self.config.optimizer, values(params), values(rgrad), state["opt"]
         )
         direction_t = problem.manifold.proju(params, like(params, direction))
         lr = value_at(self.config.lr, problem.progress) * scale
         new = problem.manifold.retr(params, direction_t, -lr)
-        return new, {"opt": opt_state}, _stats(terms, total)
+        return new, {"opt": opt_state}, step_stats(terms, total)
 
 
 class Penalty(Gradient):
@@ -106,11 +91,11 @@ class EpsStep(PathIntegrator):
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
     ) -> tuple[Params, State, dict[str, Tensor]]:
         alpha = value_at(self.config.alpha, problem.progress)
-        rgrad, terms, total = _gradient(params, problem, alpha)
+        rgrad, terms, total = riemannian_gradient(params, problem, alpha)
         length = problem.manifold.inner(params, rgrad, rgrad).sqrt()
         eps = value_at(self.config.eps, problem.progress) * scale
         new = problem.manifold.retr(params, rgrad, -eps / (length + 1e-12))
-        stats = _stats(terms, total)
+        stats = step_stats(terms, total)
         stats["grad_norm"] = length.detach()
         return new, state, stats
 

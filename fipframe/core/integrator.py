@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from fipframe.core.manifold import Manifold
 from fipframe.core.metric import Metric
-from fipframe.core.params import Params
+from fipframe.core.params import Params, like
 
 State = dict[str, Any]
 
@@ -64,3 +65,30 @@ class PathIntegrator(ABC):
 
         Returns the new point, the new state and device-tensor statistics (no host syncs).
         """
+
+
+def riemannian_gradient(
+    params: Params, problem: StepProblem, alpha: float = 0.0
+) -> tuple[Params, Terms, Tensor]:
+    """Riemannian gradient of ``objective + alpha * divergence`` at ``params``.
+
+    Returns the gradient (tangent at ``params``), the terms and the detached total loss.
+    Parameters the loss does not reach get a zero gradient.
+    """
+    leaves = [p.detach().requires_grad_(True) for p in params.values()]
+    terms = problem.evaluate(like(params, leaves))
+    total = terms.objective
+    if terms.divergence is not None and alpha:
+        total = total + alpha * terms.divergence
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+    return problem.manifold.egrad2rgrad(params, like(params, grads)), terms, total.detach()
+
+
+def step_stats(terms: Terms, total: Tensor) -> dict[str, Tensor]:
+    """The standard per-step statistics (device tensors): total, objective, divergence, parts."""
+    out = {"loss/total": total, "loss/objective": terms.objective.detach()}
+    if terms.divergence is not None:
+        out["loss/divergence"] = terms.divergence.detach()
+    out.update({f"loss/{k}": v.detach() for k, v in terms.parts.items()})
+    return out

@@ -5,8 +5,10 @@ follow the penalty the ``penalty`` integrator minimises and the metric-vector pr
 ``g v = mean_x J_x^T H_x J_x v`` (``H_x`` = Hessian of D at zero displacement). Metrics with a
 closed-form ``H`` override :meth:`Metric.output_hvp`; others get it by autodiff.
 
-Capabilities are declared in ``capabilities``, never probed with ``hasattr``: ``"diag"``,
-``"spectrum"``, ``"solve"``.
+Capabilities are declared in ``capabilities``, never probed with ``hasattr``. Every metric
+with a metric-vector product gets ``"diag"`` (exact for small models, Hutchinson otherwise),
+``"spectrum"`` (Lanczos) and ``"solve"`` (conjugate gradients) from the generic algorithms in
+:mod:`fipframe.core.linalg`; a metric that lacks ``"mvp"`` must say so.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from fipframe.core.functional import divergence_hvp, metric_vp
-from fipframe.core.params import Params
+from fipframe.core.linalg import hutchinson_diag
+from fipframe.core.params import Params, ParamSpace
 
 
 class Metric(ABC):
     """An output-space divergence and the metric it induces on weight space."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[str]] = frozenset({"mvp", "diag", "spectrum", "solve"})
 
     def __init__(self, config: object | None = None):
         self.config = config
@@ -44,3 +48,45 @@ class Metric(ABC):
     def mvp(self, forward: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
         """Metric-vector product ``g(params) v`` on the inputs ``forward`` closes over."""
         return metric_vp(forward, params, v, self.output_hvp)
+
+    def operator(
+        self, forward: Callable[[Params], Tensor], params: Params
+    ) -> Callable[[Tensor], Tensor]:
+        """``g`` as a function on flat vectors (the order of ``ParamSpace.of(params)``)."""
+        space = ParamSpace.of(params)
+        return lambda v: space.flatten(self.mvp(forward, params, space.unflatten(v)))
+
+    def diag(
+        self,
+        forward: Callable[[Params], Tensor],
+        params: Params,
+        *,
+        exact: bool = True,
+        samples: int = 64,
+        seed: int = 0,
+    ) -> Tensor:
+        """Diagonal of ``g`` as a flat vector.
+
+        ``exact=True`` builds each sample's Jacobian (``N x outputs x P`` numbers: small models
+        only) and sums ``J_c * (H J)_c``; otherwise a Hutchinson estimate from ``samples``
+        metric-vector products.
+        """
+        space = ParamSpace.of(params)
+        flat = space.flatten(params)
+        if not exact:
+            return hutchinson_diag(
+                self.operator(forward, params), space.size, samples, like=flat, seed=seed
+            )
+
+        def f(w: Tensor) -> Tensor:
+            return forward(space.unflatten(w)).reshape(-1)
+
+        z = forward(params).detach()
+        n = z.shape[0]
+        jac = torch.func.jacrev(f)(flat).reshape(n, -1, flat.numel())  # [N, C, P]
+        c = jac.shape[1]
+        eye = torch.eye(c, dtype=z.dtype, device=z.device)
+        h = torch.stack(
+            [self.output_hvp(z, e.expand(n, c).reshape(z.shape)).reshape(n, c) for e in eye], dim=2
+        )  # [N, C, C]: column d is H e_d
+        return torch.einsum("ncp,ncd,ndp->p", jac, h, jac) / n

@@ -143,6 +143,30 @@ def test_resume_at_every_chunk_boundary(tiny, tmp_path):
         assert all(torch.equal(got["fip"][n], want["fip"][n]) for n in want["fip"]), k
 
 
+@pytest.mark.parametrize(
+    "integrator",
+    [
+        {"kind": "natural", "eps": 0.2, "cg_iters": 5, "momentum": 0.5},
+        {"kind": "projected", "eps": 0.2, "rank": 4, "refresh": 7, "momentum": 0.5},
+    ],
+    ids=["natural", "projected"],
+)
+def test_geometric_steps_learn_keep_and_resume_exactly(tiny, tmp_path, integrator):
+    tiny["branches"] = {"geo": [dict(tiny["branches"]["fip"][0], integrator=integrator, steps=40)]}
+    full = tmp_path / "full"
+    result = run(load_config(tiny), out=full)
+    new = result.accuracies("geo")[1]
+    assert new > 0.8, new
+    end = [r for r in result.records if r["branch"] == "geo" and r["kind"] == "stage_end"][0]
+    assert end["metrics"]["loss/divergence"] > 0  # functional drift on stored inputs, logged
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(tiny, pm=make_plugin_manager(plugins=[Recorder(stop_after=5)])), out=cut)
+    fipframe.resume(cut)
+    a, b = end_points(full)["geo"], end_points(cut)["geo"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_steps_roll_back_then_fail_clearly(tiny, tmp_path):
     tiny["branches"] = {}
     tiny["stages"][0]["integrator"] = {"kind": "gradient", "lr": 1e30, "optimizer": {"name": "sgd"}}

@@ -1,0 +1,159 @@
+"""Step rules that use the metric's geometry directly (METHOD.md section 2, ways 3 and 4).
+
+- ``natural``: solve ``(g + lambda I) theta = grad L`` by conjugate gradients with metric-vector
+  products on the stored inputs, rescale to ``||theta|| = eps`` and retract. This is the
+  closed form of the papers' step: minimise ``theta^T g theta`` while following ``grad L`` under
+  ``||theta|| = eps``. It damps the gradient along function-changing directions and passes
+  its null-space part.
+- ``projected``: project ``grad L`` off the top-``rank`` eigenvectors of ``g`` (Lanczos,
+  refreshed every ``refresh`` steps) and step ``eps`` along what is left: the 2024 paper's view
+  of the metric's spectrum as the low-rank subspace adaptation must avoid.
+
+Both carry optional momentum, moved between points by the manifold's vector transport, and
+fall back to the plain normalised gradient when a stage has no stored inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor
+
+from fipframe.core.configs import PluginConfig, Scheduled, value_at
+from fipframe.core.integrator import (
+    PathIntegrator,
+    State,
+    StepProblem,
+    riemannian_gradient,
+    step_stats,
+)
+from fipframe.core.linalg import conjugate_gradient, lanczos
+from fipframe.core.params import Params, ParamSpace
+from fipframe.plugins import hookimpl
+from fipframe.registry import Spec
+
+
+class NaturalConfig(PluginConfig):
+    kind: Literal["natural"] = "natural"
+    eps: Scheduled = Field(0.01, description="length of each step")
+    damping: float = Field(1e-3, gt=0.0, description="lambda in (g + lambda I) theta = grad L")
+    cg_iters: int = Field(10, ge=1, le=500, description="conjugate-gradient iterations (fixed)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="momentum on the step direction")
+
+
+class ProjectedConfig(PluginConfig):
+    kind: Literal["projected"] = "projected"
+    eps: Scheduled = Field(0.01, description="length of each step")
+    rank: int = Field(20, ge=1, description="eigenvectors of g projected out")
+    refresh: int = Field(50, ge=1, description="steps between Lanczos refreshes")
+    lanczos_iters: int | None = Field(None, ge=2, description="Lanczos iterations (2 rank + 10)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="momentum on the step direction")
+
+
+class _Normalised(PathIntegrator):
+    """Shared part: momentum by transport, then a retraction of length eps."""
+
+    needs_metric = True
+
+    def _move(
+        self,
+        params: Params,
+        direction: Tensor,
+        space: ParamSpace,
+        state: State,
+        problem: StepProblem,
+        scale: float,
+    ) -> tuple[Params, Tensor]:
+        mu = self.config.momentum
+        if mu and "m" in state:
+            prev = space.unflatten(state["m"])
+            moved = problem.manifold.transp(state["at"], params, prev) if "at" in state else prev
+            direction = mu * space.flatten(moved) + direction
+        length = direction.norm()
+        eps = value_at(self.config.eps, problem.progress) * scale
+        tangent = problem.manifold.proju(params, space.unflatten(direction / (length + 1e-12)))
+        return problem.manifold.retr(params, tangent, -eps), direction
+
+
+class Natural(_Normalised):
+    def init(self, params: Params) -> State:
+        return {}
+
+    def step(
+        self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
+    ) -> tuple[Params, State, dict[str, Tensor]]:
+        grad, terms, total = riemannian_gradient(params, problem)
+        space = ParamSpace.of(params)
+        b = space.flatten(grad)
+        if problem.stored_forward is not None and problem.metric is not None:
+            g = problem.metric.operator(problem.stored_forward, params)
+            theta, _ = conjugate_gradient(
+                g, b, damping=self.config.damping, iters=self.config.cg_iters
+            )
+        else:
+            theta = b / self.config.damping
+        new, direction = self._move(params, theta, space, state, problem, scale)
+        stats = step_stats(terms, total)
+        stats["grad_norm"] = b.norm()
+        stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
+        out = {"m": direction, "at": params} if self.config.momentum else {}
+        return new, out, stats
+
+
+class Projected(_Normalised):
+    def init(self, params: Params) -> State:
+        return {"age": -1}
+
+    def step(
+        self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
+    ) -> tuple[Params, State, dict[str, Tensor]]:
+        grad, terms, total = riemannian_gradient(params, problem)
+        space = ParamSpace.of(params)
+        b = space.flatten(grad)
+        state = dict(state)
+        age = int(state.get("age", -1))
+        stats = step_stats(terms, total)
+        if problem.stored_forward is not None and problem.metric is not None:
+            if age < 0 or age >= self.config.refresh:
+                g = problem.metric.operator(problem.stored_forward, params)
+                k = min(self.config.rank, space.size)
+                eig = lanczos(
+                    g, space.size, k, iters=self.config.lanczos_iters, like=b, seed=max(age, 0)
+                )
+                state["basis"], state["values"], age = eig.vectors, eig.values, 0
+            basis = state["basis"]
+            inside = basis @ b
+            u = b - basis.T @ inside
+            stats["grad_in_top_eigenspace"] = inside.square().sum() / b.square().sum().clamp_min(
+                1e-30
+            )
+            stats["top_eigenvalue"] = state["values"][0]
+        else:
+            u = b
+        new, direction = self._move(params, u, space, state, problem, scale)
+        state["age"] = age + 1
+        if self.config.momentum:
+            state["m"], state["at"] = direction, params
+        stats["grad_norm"] = b.norm()
+        return new, state, stats
+
+
+@hookimpl
+def fipframe_register_integrators() -> list[Spec]:
+    return [
+        Spec(
+            "natural",
+            NaturalConfig,
+            Natural,
+            "eps step along (g + lambda I)^-1 grad L, solved by CG on stored inputs",
+            capabilities={"needs_metric"},
+        ),
+        Spec(
+            "projected",
+            ProjectedConfig,
+            Projected,
+            "eps step along grad L with the top-k eigenspace of g (Lanczos) projected out",
+            capabilities={"needs_metric"},
+        ),
+    ]

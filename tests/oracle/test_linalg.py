@@ -1,0 +1,90 @@
+"""Lanczos, CG, Hutchinson and the exact diagonal against dense float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fipframe.core.functional import dense_metric
+from fipframe.core.linalg import (
+    conjugate_gradient,
+    hutchinson_diag,
+    hutchinson_trace,
+    lanczos,
+    participation_ratio,
+)
+from fipframe.plugins import make_plugin_manager
+from fipframe.testing import tiny_models
+
+REGISTRY = make_plugin_manager().registry
+
+
+def psd(n: int, rank: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, rank, generator=g, dtype=torch.float64)
+    scales = torch.logspace(0, -3, rank, dtype=torch.float64)
+    return (a * scales) @ a.T
+
+
+def test_lanczos_matches_eigh_on_a_low_rank_operator():
+    a = psd(80, 12)
+    eig = lanczos(lambda v: a @ v, 80, 6, like=a)
+    want = torch.linalg.eigvalsh(a).flip(0)[:6]
+    torch.testing.assert_close(eig.values, want, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        eig.vectors @ eig.vectors.T, torch.eye(6, dtype=a.dtype), atol=1e-8, rtol=0
+    )
+    for lam, v in zip(eig.values, eig.vectors, strict=True):
+        torch.testing.assert_close(a @ v, lam * v, atol=1e-8, rtol=0)
+    g = torch.randn(80, dtype=a.dtype)
+    assert eig.captured(eig.project_out(g)).item() < 1e-20
+
+
+@pytest.mark.parametrize("kind", ["kl", "bhattacharyya", "l2"])
+def test_lanczos_on_the_metric_finds_its_top_eigenvalues(kind):
+    _, forward, params = next(tiny_models())
+    spec = REGISTRY.spec("metric", kind)
+    metric = spec.factory(spec.config())
+    dense = dense_metric(forward, params, lambda q, r: metric.divergence(q, metric.reference(r)))
+    size = dense.shape[0]
+    eig = lanczos(metric.operator(forward, params), size, 5, like=dense, iters=size)
+    torch.testing.assert_close(
+        eig.values, torch.linalg.eigvalsh(dense).flip(0)[:5], rtol=1e-7, atol=1e-10
+    )
+    rank = torch.linalg.matrix_rank(dense, hermitian=True, rtol=1e-10).item()
+    assert rank <= 5 * 4  # at most samples x outputs: the null space is where FIP moves
+
+
+def test_conjugate_gradient_solves_the_damped_system():
+    a = psd(50, 10)
+    b = torch.randn(50, dtype=a.dtype)
+    x, used = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=200, tol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(a + 0.1 * torch.eye(50, dtype=a.dtype), b))
+    assert used < 200
+    x_fixed, used = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=30)
+    assert used == 30 and torch.allclose(x_fixed, x, atol=1e-6)
+
+
+def test_hutchinson_estimates_are_unbiased():
+    a = psd(30, 30)
+    diag = hutchinson_diag(lambda v: a @ v, 30, 4000, like=a)
+    assert torch.allclose(diag, a.diagonal(), atol=0.15 * a.diagonal().abs().max())
+    trace = hutchinson_trace(lambda v: a @ v, 30, 4000, like=a)
+    assert trace.item() == pytest.approx(a.trace().item(), rel=0.05)
+
+
+@pytest.mark.parametrize("model", list(tiny_models()), ids=lambda m: m[0])
+def test_exact_diagonal_matches_the_dense_metric(model):
+    _, forward, params = model
+    for kind in ("kl", "l2", "tempered_kl"):
+        spec = REGISTRY.spec("metric", kind)
+        metric = spec.factory(spec.config())
+        dense = dense_metric(
+            forward, params, lambda q, r, m=metric: m.divergence(q, m.reference(r))
+        )
+        torch.testing.assert_close(metric.diag(forward, params), dense.diagonal())
+
+
+def test_participation_ratio():
+    assert participation_ratio(torch.tensor([1.0, 1.0, 1.0, 1.0])).item() == pytest.approx(4.0)
+    assert participation_ratio(torch.tensor([1.0, 0.0, 0.0])).item() == pytest.approx(1.0)
