@@ -9,6 +9,7 @@ output-space Hessian-vector product and one vjp.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +33,18 @@ def divergence_hvp(divergence: Divergence, z: Tensor, u: Tensor) -> Tensor:
     return torch.func.jvp(grad_d, (ref,), (u,))[1]
 
 
+def composite_attention() -> Any:
+    """Attention through the composite (math) kernel inside function transforms.
+
+    The fused flash and memory-efficient kernels have no forward-mode derivative (``jvp``
+    through a transformer fails with them) and no vmap rule for their backward (``jacrev``
+    falls back to a slow loop). The math kernel costs more memory on long sequences.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def metric_vp(
     forward: Callable[[Params], Tensor],
     params: Params,
@@ -46,7 +59,8 @@ def metric_vp(
         v: tangent vector, same structure as ``params``.
         output_hvp: ``(z, u) -> H u`` per sample in output space.
     """
-    z, jv = torch.func.jvp(forward, (params,), (v,))
+    with composite_attention():
+        z, jv = torch.func.jvp(forward, (params,), (v,))
     hu = output_hvp(z.detach(), jv) / z.shape[0]
     _, pullback = torch.func.vjp(forward, params)
     return pullback(hu)[0]
@@ -67,7 +81,8 @@ def dense_metric(
         return forward(space.unflatten(w))
 
     z = f(flat).detach()
-    jac = torch.func.jacrev(f)(flat).reshape(z.shape[0], -1, flat.numel())  # [N, C, P]
+    with composite_attention():
+        jac = torch.func.jacrev(f)(flat).reshape(z.shape[0], -1, flat.numel())  # [N, C, P]
     zf = z.reshape(z.shape[0], -1)
 
     def d_one(zi: Tensor, ri: Tensor) -> Tensor:

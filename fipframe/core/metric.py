@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from fipframe.core.functional import divergence_hvp, metric_vp
+from fipframe.core.functional import composite_attention, divergence_hvp, metric_vp
 from fipframe.core.linalg import hutchinson_diag
 from fipframe.core.params import Params, ParamSpace
 
@@ -83,7 +83,8 @@ class Metric(ABC):
 
         z = forward(params).detach()
         n = z.shape[0]
-        jac = torch.func.jacrev(f)(flat).reshape(n, -1, flat.numel())  # [N, C, P]
+        with composite_attention():
+            jac = torch.func.jacrev(f)(flat).reshape(n, -1, flat.numel())  # [N, C, P]
         c = jac.shape[1]
         eye = torch.eye(c, dtype=z.dtype, device=z.device)
         h = torch.stack(

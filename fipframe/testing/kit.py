@@ -18,14 +18,31 @@ Forward = Callable[[Params], Tensor]
 
 
 def tiny_models(seed: int = 0, n: int = 5) -> Iterator[tuple[str, Forward, Params]]:
-    """Tiny float64 MLP and CNN with fixed inputs: ``(name, forward(params) -> logits, params)``."""
+    """Tiny float64 MLP, CNN and vision transformer with fixed inputs.
+
+    Yields ``(name, forward(params) -> logits, params)``. The transformer is torchvision's
+    VisionTransformer (1 layer, 2 heads, width 4) on 8x8 images: attention, layer norm and GELU
+    in a model small enough for a dense Jacobian.
+    """
+    from torchvision.models import VisionTransformer
+
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
     cnn = nn.Sequential(
         nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3)
     ).double()
-    for name, model, shape in (("mlp", mlp, (n, 6)), ("cnn", cnn, (n, 1, 5, 5))):
+    vit = VisionTransformer(
+        image_size=8,
+        patch_size=4,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=4,
+        mlp_dim=6,
+        num_classes=3,
+    ).double()
+    models = (("mlp", mlp, (n, 6)), ("cnn", cnn, (n, 1, 5, 5)), ("transformer", vit, (3, 3, 8, 8)))
+    for name, model, shape in models:
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         adapter = ArchitectureAdapter(model)
         yield name, (lambda p, a=adapter, x=x: a.forward(p, x)), adapter.params()
