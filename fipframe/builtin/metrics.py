@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from fipframe.core.configs import PluginConfig
@@ -24,11 +25,20 @@ from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
 
 
+class OutputMetricConfig(PluginConfig):
+    """Settings shared by output-divergence metrics."""
+
+    product: Literal["reverse", "forward"] = Field(
+        "reverse",
+        description="how g v gets J v: reverse (double backward, least memory) or forward (jvp)",
+    )
+
+
 def _flat(z: Tensor) -> Tensor:
     return z.reshape(z.shape[0], -1)
 
 
-class L2Config(PluginConfig):
+class L2Config(OutputMetricConfig):
     kind: Literal["l2"] = "l2"
 
 
@@ -49,7 +59,7 @@ def fisher_vp(z: Tensor, u: Tensor) -> Tensor:
     return pu - p * pu.sum(-1, keepdim=True)
 
 
-class KLConfig(PluginConfig):
+class KLConfig(OutputMetricConfig):
     kind: Literal["kl"] = "kl"
 
 
@@ -69,7 +79,7 @@ class KL(Metric):
         return fisher_vp(z, u)
 
 
-class BhattacharyyaConfig(PluginConfig):
+class BhattacharyyaConfig(OutputMetricConfig):
     kind: Literal["bhattacharyya"] = "bhattacharyya"
 
 

@@ -50,28 +50,47 @@ def metric_vp(
     params: Params,
     v: Params,
     output_hvp: Callable[[Tensor, Tensor], Tensor],
+    mode: str = "reverse",
 ) -> Params:
     """``g v = mean_x J_x^T H_x J_x v`` for ``forward(params) -> logits [N, ...]``.
+
+    Two ways to get ``J v``, both matrix-free (docs/benchmarks.md has their costs):
+
+    - ``"reverse"``: the double-backward identity ``J v = d/du <J^T u, v>`` (``J^T u`` is linear
+      in ``u``), all in reverse mode: one forward, a backward with ``create_graph``, its
+      backward, and the final pullback. Lowest peak memory.
+    - ``"forward"``: ``torch.func.jvp`` (forward-mode AD), then the pullback. A little faster,
+      but forward mode holds more memory through convolutions and attention.
 
     Args:
         forward: maps weights to the outputs on a fixed input set (first dim = samples).
         params: the point ``w``.
         v: tangent vector, same structure as ``params``.
         output_hvp: ``(z, u) -> H u`` per sample in output space.
+        mode: ``"reverse"`` or ``"forward"``.
     """
-    with composite_attention():
-        z, jv = torch.func.jvp(forward, (params,), (v,))
-    hu = output_hvp(z.detach(), jv) / z.shape[0]
-    del z, jv
-    # The pullback is a plain one-shot backward: torch.func.vjp keeps its graph alive for
-    # repeated pullbacks, which measured 1.2-2x more peak memory here (docs/benchmarks.md).
+    names = list(params.keys())
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    with torch.enable_grad():
-        out = forward(dict(zip(params.keys(), leaves, strict=True)))
+    with composite_attention(), torch.enable_grad():
+        if mode == "forward":
+            z, jv = torch.func.jvp(forward, (params,), (v,))
+            out = forward(dict(zip(names, leaves, strict=True)))
+        elif mode == "reverse":
+            out = forward(dict(zip(names, leaves, strict=True)))
+            u = torch.zeros_like(out, requires_grad=True)
+            jtu = torch.autograd.grad(out, leaves, u, create_graph=True, allow_unused=True)
+            used = [(g, v[n]) for n, g in zip(names, jtu, strict=True) if g is not None]
+            (jv,) = torch.autograd.grad([g for g, _ in used], u, [t for _, t in used])
+            del jtu, used, u
+        else:
+            raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
+        hu = output_hvp(out.detach(), jv.detach()) / out.shape[0]
+        # a plain one-shot pullback: torch.func.vjp keeps its graph for repeated pullbacks,
+        # which measured 1.2-2x more peak memory
         grads = torch.autograd.grad(out, leaves, hu, allow_unused=True)
     return {
-        k: torch.zeros_like(p) if g is None else g
-        for (k, p), g in zip(params.items(), grads, strict=True)
+        n: torch.zeros_like(p) if g is None else g
+        for (n, p), g in zip(params.items(), grads, strict=True)
     }
 
 

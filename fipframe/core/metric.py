@@ -47,7 +47,8 @@ class Metric(ABC):
 
     def mvp(self, forward: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
         """Metric-vector product ``g(params) v`` on the inputs ``forward`` closes over."""
-        return metric_vp(forward, params, v, self.output_hvp)
+        mode = getattr(self.config, "product", "reverse")
+        return metric_vp(forward, params, v, self.output_hvp, mode)
 
     def operator(
         self, forward: Callable[[Params], Tensor], params: Params

@@ -73,3 +73,11 @@ def test_fisher_vp_is_the_softmax_jacobian():
     u = torch.randn(3, 5, dtype=torch.float64)
     jac = torch.func.vmap(torch.func.jacrev(lambda x: torch.softmax(x, -1)))(z)
     torch.testing.assert_close(fisher_vp(z, u), torch.einsum("nij,nj->ni", jac, u))
+
+
+@pytest.mark.parametrize("kind", ["l2", "kl", "bhattacharyya"])
+@pytest.mark.parametrize("model", MODELS, ids=[m[0] for m in MODELS])
+def test_forward_mode_product_matches_the_oracle_too(kind, model):
+    _, forward, params = model
+    spec = REGISTRY.spec("metric", kind)
+    check_metric(spec.factory(spec.config(product="forward")), forward, params)
