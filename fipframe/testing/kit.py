@@ -74,19 +74,40 @@ def check_metric(metric: Metric, forward: Forward, params: Params, *, atol: floa
     assert (bumped >= -1e-12).all(), "divergence is negative"
 
 
-def check_retraction(manifold: Manifold, params: Params) -> None:
-    """Projection is idempotent; a retraction by zero stays put; tangents stay tangent."""
+def check_retraction(manifold: Manifold, params: Params, *, atol: float = 1e-10) -> None:
+    """Manifold properties, in the dtype of ``params`` (use float64).
+
+    Projection is idempotent; tangent projection is idempotent; a retraction by zero stays
+    put; a retraction lands on the manifold and moves to first order along the tangent;
+    transport lands in the tangent space of the destination; the inner product is symmetric
+    and positive.
+    """
+
+    def close(a: Params, b: Params) -> None:
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-9, msg=k)
+
+    g = torch.Generator().manual_seed(0)
+
+    def noise(like: Params) -> Params:
+        return {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in like.items()}
+
+    manifold.bind(list(params))
     p = manifold.projx(params)
-    for k, v in manifold.projx(p).items():
-        torch.testing.assert_close(v, p[k])
-    u = manifold.proju(p, {k: torch.randn_like(v) for k, v in p.items()})
-    for k, v in manifold.proju(p, u).items():
-        torch.testing.assert_close(v, u[k])
-    for k, v in manifold.retr(p, u, 0.0).items():
-        torch.testing.assert_close(v, p[k])
+    close(manifold.projx(p), p)
+    u = manifold.proju(p, noise(p))
+    close(manifold.proju(p, u), u)
+    close(manifold.retr(p, u, 0.0), p)
     q = manifold.retr(p, u, 0.1)
-    for k, v in manifold.projx(q).items():
-        torch.testing.assert_close(v, q[k])
+    close(manifold.projx(q), q)
+    tiny = manifold.retr(p, u, 1e-6)
+    for k in p:  # first order: retr(p, t u) = p + t u + O(t^2)
+        torch.testing.assert_close((tiny[k] - p[k]) / 1e-6, u[k], atol=1e-5, rtol=1e-5, msg=k)
+    w = manifold.transp(p, q, u)
+    close(manifold.proju(q, w), w)
+    v = manifold.proju(p, noise(p))
+    assert torch.isclose(manifold.inner(p, u, v), manifold.inner(p, v, u))
+    assert manifold.inner(p, u, u) > 0
 
 
 def check_integrator_fixed_point(

@@ -113,6 +113,7 @@ class Traversal:
             isinstance(m, _MODE_DEPENDENT) for m in self.adapter.model.modules()
         )
         self.manifold = registry.build("manifold", config.manifold)
+        self.manifold.bind(list(self.adapter.names))
         self.loggers: list[Any] = []
         self._seq = 0
         self._t0 = time.monotonic()
@@ -290,7 +291,9 @@ class Traversal:
     def _run_stage(
         self, branch: str, si: int, cfg: Any, params: Params, memory: Memory, resume: _Resume | None
     ) -> Params:
-        anchor = params
+        # the stage starts on the manifold (a no-op for Euclidean; a resumed anchor already is)
+        anchor = params if resume is not None else self.manifold.projx(params)
+        params = anchor
         anchor_rel = self._stage_start_point(branch, si, cfg, anchor, resume)
         st = self._build_stage(branch, si, cfg, anchor, memory)
         if resume is not None:
