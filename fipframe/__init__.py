@@ -8,6 +8,13 @@ Public API::
     print(result.table())
 """
 
+import os as _os
+
+# MKL's results otherwise depend on memory alignment, so a resumed run could drift from an
+# uninterrupted one in the last bits. AUTO keeps the fastest code paths (no measurable cost in
+# bench/step_cost.py). Set before torch loads MKL; a value the user set wins.
+_os.environ.setdefault("MKL_CBWR", "AUTO")
+
 __version__ = "0.1.0"
 
 from fipframe.api import build, load_config, preset_path, presets, resume, run  # noqa: E402

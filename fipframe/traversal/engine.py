@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fipframe.core.integrator import StepProblem, Terms
 from fipframe.core.objective import StageContext
-from fipframe.core.params import Params, all_finite
+from fipframe.core.params import Params, all_finite, norm, sub_tree
 from fipframe.data.memory import Memory
 from fipframe.data.sampling import Sampler
 from fipframe.errors import TraversalError
@@ -304,8 +304,10 @@ class Traversal:
                 resume.meta["scale"],
             )
             rollbacks = resume.meta.get("rollbacks", 0)
+            lengths = resume.meta.get("lengths", [0.0, 0.0])
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
+            lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
             # a checkpoint from the very start: an interruption before the first chunk resumes here
             self._commit(branch, si, 0, params, state, scale, rollbacks, anchor_rel)
         self.position = Position(branch, si, cfg.name, step)
@@ -349,6 +351,7 @@ class Traversal:
                     objective.refresh(params, step)
                 train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
                 train_metrics["step_scale"] = scale
+                train_metrics.update(self._path_measures(st, memory, good[0], params, lengths))
                 sums, count = {}, 0
                 good = (params, state, step)
                 self.position.step = step
@@ -361,7 +364,9 @@ class Traversal:
                 if self.dir is not None and every and step % every == 0:
                     point = self._save(branch, si, cfg, step, params)
                 record = self._emit("chunk", branch, si, cfg, step, metrics, point)
-                self._commit(branch, si, step, params, state, scale, rollbacks, anchor_rel)
+                self._commit(
+                    branch, si, step, params, state, scale, rollbacks, anchor_rel, lengths=lengths
+                )
                 self._notify(record)
                 bar.set_postfix_str(_short(metrics, cfg.task))
                 self._maybe_line(branch, cfg, step, metrics)
@@ -383,6 +388,37 @@ class Traversal:
         return self._save(branch, si, cfg, 0, anchor, tag="start")
 
     # -- evaluation, events, persistence ---------------------------------------------------
+    def _path_measures(
+        self,
+        st: _Stage,
+        memory: Memory,
+        prev: Params,
+        params: Params,
+        lengths: list[float],
+    ) -> dict[str, float]:
+        """Drift on all stored inputs and the lengths travelled since the last chunk.
+
+        ``lengths`` ([metric, Euclidean]) is updated in place. One metric-vector product and one
+        forward on the stored inputs per chunk; nothing if the stage has no metric.
+        """
+        if st.anchor_ref is None or memory.inputs is None:
+            return {}
+        from fipframe.eval.geometry import segment_length
+
+        x = memory.inputs[: self.config.run.eval_batch_size]
+        was = self.adapter.model.training
+        self.adapter.train(False)
+        forward = lambda p: self.adapter.forward(p, x)  # noqa: E731
+        step_len = segment_length(st.metric, forward, prev, params)
+        with torch.no_grad():
+            drift = st.metric.divergence(forward(params), st.anchor_ref[: len(x)]).mean()
+        self.adapter.train(was)
+        euclid = norm(sub_tree(params, prev))
+        seg, d, e = torch.stack([step_len, drift, euclid]).tolist()
+        lengths[0] += seg
+        lengths[1] += e
+        return {"path/length": lengths[0], "path/euclidean": lengths[1], "path/drift": d}
+
     def _logits(self, params: Params, x: Tensor) -> Tensor:
         bs = self.config.run.eval_batch_size
         was = self.adapter.model.training
@@ -463,6 +499,7 @@ class Traversal:
         rollbacks: int,
         anchor_rel: str | None,
         done: bool = False,
+        lengths: list[float] | None = None,
     ) -> None:
         if self.dir is not None:
             meta = {
@@ -474,6 +511,7 @@ class Traversal:
                 "rollbacks": rollbacks,
                 "anchor": anchor_rel,
                 "done": done,
+                "lengths": lengths or [0.0, 0.0],
             }
             self.dir.commit(params, state, meta)
 
