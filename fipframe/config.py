@@ -84,6 +84,11 @@ class StageBase(_Frozen):
     steps: int = Field(ge=1, description="number of steps")
     batch_size: int = Field(128, ge=1, description="task examples per step")
     memory_batch: int = Field(128, ge=1, description="stored examples per step (replay, metric)")
+    anchor: Literal["stage_start", "stored"] = Field(
+        "stage_start",
+        description="outputs the metric preserves: the stage's first point's (FIP), or those "
+        "recorded when each input was stored (stored logits, as in DER)",
+    )
 
 
 class RunBase(_Frozen):

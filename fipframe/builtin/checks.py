@@ -37,6 +37,10 @@ def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
                     f"{path}.task: {stage.task} is out of range; data has {n_tasks} tasks "
                     f"(0..{n_tasks - 1})"
                 )
+            if stage.anchor == "stored" and stage.metric is None:
+                problems.append(
+                    f"{path}.anchor: 'stored' compares outputs through a metric; set a metric"
+                )
             uses_memory = stage.metric is not None or any(
                 o.kind in _MEMORY_OBJECTIVES for o in stage.objectives
             )

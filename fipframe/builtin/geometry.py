@@ -52,58 +52,24 @@ class ProjectedConfig(PluginConfig):
 
 
 class _Normalised(PathIntegrator):
-    """Shared part: momentum by transport, then a retraction of length eps."""
+    """The shared step: gradient of the objectives, a direction from the metric (subclasses),
+    momentum carried by transport, then a retraction of length eps."""
 
     needs_metric = True
 
-    def _move(
-        self,
-        params: Params,
-        direction: Tensor,
-        space: ParamSpace,
-        state: State,
-        problem: StepProblem,
-        scale: float,
-    ) -> tuple[Params, Tensor]:
-        mu = self.config.momentum
-        if mu and "m" in state:
-            prev = space.unflatten(state["m"])
-            moved = problem.manifold.transp(state["at"], params, prev) if "at" in state else prev
-            direction = mu * space.flatten(moved) + direction
-        length = direction.norm()
-        eps = value_at(self.config.eps, problem.progress) * scale
-        tangent = problem.manifold.proju(params, space.unflatten(direction / (length + 1e-12)))
-        return problem.manifold.retr(params, tangent, -eps), direction
-
-
-class Natural(_Normalised):
     def init(self, params: Params) -> State:
         return {}
 
-    def step(
-        self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
-    ) -> tuple[Params, State, dict[str, Tensor]]:
-        grad, terms, total = riemannian_gradient(params, problem)
-        space = ParamSpace.of(params)
-        b = space.flatten(grad)
-        if problem.stored_forward is not None and problem.metric is not None:
-            g = problem.metric.operator(problem.stored_forward, params)
-            theta, _ = conjugate_gradient(
-                g, b, damping=self.config.damping, iters=self.config.cg_iters
-            )
-        else:
-            theta = b / self.config.damping
-        new, direction = self._move(params, theta, space, state, problem, scale)
-        stats = step_stats(terms, total)
-        stats["grad_norm"] = b.norm()
-        stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
-        out = {"m": direction, "at": params} if self.config.momentum else {}
-        return new, out, stats
-
-
-class Projected(_Normalised):
-    def init(self, params: Params) -> State:
-        return {"age": -1}
+    def direction(
+        self,
+        params: Params,
+        b: Tensor,
+        state: State,
+        problem: StepProblem,
+        stats: dict[str, Tensor],
+    ) -> Tensor:
+        """The step direction (flat) for gradient ``b``; may update ``state`` and ``stats``."""
+        raise NotImplementedError
 
     def step(
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
@@ -112,31 +78,61 @@ class Projected(_Normalised):
         space = ParamSpace.of(params)
         b = space.flatten(grad)
         state = dict(state)
-        age = int(state.get("age", -1))
         stats = step_stats(terms, total)
-        if problem.stored_forward is not None and problem.metric is not None:
-            if age < 0 or age >= self.config.refresh:
-                g = problem.metric.operator(problem.stored_forward, params)
-                k = min(self.config.rank, space.size)
-                eig = lanczos(
-                    g, space.size, k, iters=self.config.lanczos_iters, like=b, seed=max(age, 0)
-                )
-                state["basis"], state["values"], age = eig.vectors, eig.values, 0
-            basis = state["basis"]
-            inside = basis @ b
-            u = b - basis.T @ inside
-            stats["grad_in_top_eigenspace"] = inside.square().sum() / b.square().sum().clamp_min(
-                1e-30
-            )
-            stats["top_eigenvalue"] = state["values"][0]
-        else:
-            u = b
-        new, direction = self._move(params, u, space, state, problem, scale)
-        state["age"] = age + 1
-        if self.config.momentum:
-            state["m"], state["at"] = direction, params
         stats["grad_norm"] = b.norm()
-        return new, state, stats
+        if problem.stored_forward is not None and problem.metric is not None:
+            d = self.direction(params, b, state, problem, stats)
+        else:  # no stored inputs yet: nothing to protect
+            d = b
+        mu = self.config.momentum
+        if mu and "m" in state:
+            prev = problem.manifold.transp(state["at"], params, space.unflatten(state["m"]))
+            d = mu * space.flatten(prev) + d
+        if mu:
+            state["m"], state["at"] = d, params
+        eps = value_at(self.config.eps, problem.progress) * scale
+        unit = problem.manifold.proju(params, space.unflatten(d / (d.norm() + 1e-12)))
+        return problem.manifold.retr(params, unit, -eps), state, stats
+
+
+class Natural(_Normalised):
+    def direction(
+        self,
+        params: Params,
+        b: Tensor,
+        state: State,
+        problem: StepProblem,
+        stats: dict[str, Tensor],
+    ) -> Tensor:
+        g = problem.metric.operator(problem.stored_forward, params)  # type: ignore[union-attr,arg-type]
+        theta, _ = conjugate_gradient(g, b, damping=self.config.damping, iters=self.config.cg_iters)
+        stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
+        return theta
+
+
+class Projected(_Normalised):
+    def direction(
+        self,
+        params: Params,
+        b: Tensor,
+        state: State,
+        problem: StepProblem,
+        stats: dict[str, Tensor],
+    ) -> Tensor:
+        age = int(state.get("age", -1))
+        if age < 0 or age >= self.config.refresh:
+            g = problem.metric.operator(problem.stored_forward, params)  # type: ignore[union-attr,arg-type]
+            k = min(self.config.rank, b.numel())
+            eig = lanczos(
+                g, b.numel(), k, iters=self.config.lanczos_iters, like=b, seed=max(age, 0)
+            )
+            state["basis"], state["values"], age = eig.vectors, eig.values, 0
+        state["age"] = age + 1
+        basis = state["basis"]
+        inside = basis @ b
+        stats["grad_in_top_eigenspace"] = inside.square().sum() / b.square().sum().clamp_min(1e-30)
+        stats["top_eigenvalue"] = state["values"][0]
+        return b - basis.T @ inside
 
 
 @hookimpl

@@ -10,6 +10,7 @@ Labels are stored too; methods that must not use them (FIP) read ``inputs`` only
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -29,8 +30,10 @@ class Memory:
         self.size = size
         self.selection = selection
         self.seed = seed
-        self._tasks: list[tuple[int, Task, Tensor]] = []  # (task index, task, ordering)
+        # (task index, task, ordering, outputs recorded for the ordering when stored, or None)
+        self._tasks: list[tuple[int, Task, Tensor, Tensor | None]] = []
         self.inputs: Tensor | None = None
+        self.logits: Tensor | None = None  # outputs recorded at storage time (all tasks), or None
         self.targets: Tensor | None = None
         self.task_ids: Tensor | None = None
 
@@ -39,7 +42,7 @@ class Memory:
 
     @property
     def seen(self) -> list[int]:
-        return [i for i, _, _ in self._tasks]
+        return [t[0] for t in self._tasks]
 
     def copy(self) -> Memory:
         other = Memory(self.size, self.selection, seed=self.seed)
@@ -47,11 +50,19 @@ class Memory:
         other._materialise()
         return other
 
-    def add_task(self, index: int, task: Task) -> None:
-        """Make room for task ``index`` and store its share of the budget."""
+    def add_task(
+        self, index: int, task: Task, record: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        """Make room for task ``index`` and store its share of the budget.
+
+        ``record(inputs) -> outputs``, if given, records the network's outputs on the stored
+        inputs now (the stored-logit anchor, as in DER); they never change afterwards.
+        """
         if index in self.seen or self.size == 0:
             return
-        self._tasks.append((index, task, self._ordering(index, task)))
+        order = self._ordering(index, task)
+        logits = record(task.train.x[order.to(task.train.y.device)]) if record else None
+        self._tasks.append((index, task, order, logits))
         self._materialise()
 
     def _ordering(self, index: int, task: Task) -> Tensor:
@@ -75,13 +86,16 @@ class Memory:
         if n == 0:
             return
         base, extra = divmod(self.size, n)
-        xs, ys, ts = [], [], []
-        for k, (index, task, order) in enumerate(self._tasks):
-            take = order[: base + (1 if k < extra else 0)].to(task.train.y.device)
+        xs, ys, ts, ls = [], [], [], []
+        for k, (index, task, order, logits) in enumerate(self._tasks):
+            n = base + (1 if k < extra else 0)
+            take = order[:n].to(task.train.y.device)
             xs.append(task.train.x[take])
             ys.append(task.train.y[take])
             ts.append(torch.full_like(ys[-1], index))
+            ls.append(None if logits is None else logits[:n])
         self.inputs, self.targets, self.task_ids = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+        self.logits = None if any(x is None for x in ls) else torch.cat(ls)  # type: ignore[arg-type]
 
     def counts(self) -> dict[int, int]:
         """Stored examples per task index."""

@@ -171,12 +171,12 @@ class Traversal:
             first = 0
             if resume_at is not None:
                 if order.index(branch) < order.index(resume_at[0]):  # finished before
-                    self._add_tasks(memory, stages)
+                    self._add_tasks(memory, branch, stages)
                     if branch == TRUNK:
                         trunk_end = self._trunk_end_from_disk()
                     continue
                 first = resume_at[1]
-                self._add_tasks(memory, stages[:first])
+                self._add_tasks(memory, branch, stages[:first])
             for si in range(first, len(stages)):
                 start = None
                 if resume_at is not None:  # the stage that was interrupted
@@ -184,15 +184,32 @@ class Traversal:
                     start, resume_at = restart, None
                     params = load_point(self.dir.root / restart.meta["anchor"], self.device)
                 params = self._run_stage(branch, si, stages[si], params, memory, start)
-                self._add_tasks(memory, stages[si : si + 1])
+                self._add_tasks(memory, branch, stages[si : si + 1], params)
             if branch == TRUNK:
                 trunk_end = params
 
-    def _add_tasks(self, memory: Memory, stages: list[Any]) -> None:
-        """Store the tasks of finished stages (a no-op for tasks already stored)."""
+    def _add_tasks(
+        self, memory: Memory, branch: str, stages: list[Any], params: Params | None = None
+    ) -> None:
+        """Store the tasks of finished stages, with the outputs at each stage's end point.
+
+        ``params`` is the end point of the (single) stage just run; when replaying finished
+        stages on resume, each end point is read back from the run directory.
+        """
         for stage in stages:
-            if stage.task is not None:
-                memory.add_task(stage.task, self.tasks.tasks[stage.task])
+            if stage.task is None or stage.task in memory.seen:
+                continue
+            end = params if params is not None else self._stage_end_params(branch, stage.name)
+            memory.add_task(
+                stage.task, self.tasks.tasks[stage.task], lambda x, p=end: self._logits(p, x)
+            )
+
+    def _stage_end_params(self, branch: str, stage: str) -> Params:
+        for r in self._records:
+            if r["kind"] == "stage_end" and r["branch"] == branch and r["stage"] == stage:
+                assert self.dir is not None
+                return load_point(self.dir.root / r["point"], self.device)
+        raise TraversalError(f"cannot resume: no saved end point of {branch}/{stage}")
 
     def _trunk_end_from_disk(self) -> Params:
         ends = [r for r in self._records if r["kind"] == "stage_end" and r["branch"] == TRUNK]
@@ -240,8 +257,11 @@ class Traversal:
             objective.bind(ctx)
         anchor_ref, stored = None, None
         if metric is not None and len(memory):
-            # anchor outputs on the fixed stored inputs: computed once, in eval mode
-            anchor_ref = metric.reference(self._logits(anchor, memory.inputs))
+            # the outputs to preserve on the fixed stored inputs: computed once, in eval mode
+            if cfg.anchor == "stored":
+                anchor_ref = metric.reference(memory.logits)
+            else:
+                anchor_ref = metric.reference(self._logits(anchor, memory.inputs))
             stored = sampler("stored_inputs", len(memory), cfg.memory_batch)
         return _Stage(
             cfg, integrator, metric, objectives, anchor_ref, stored, fused=not self.mode_dependent

