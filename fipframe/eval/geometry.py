@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from fipframe.core.linalg import lanczos
+from fipframe.core.linalg import hutchinson_trace, lanczos, participation_ratio
 from fipframe.core.metric import Metric
 from fipframe.core.params import Params, ParamSpace, sub_tree
 
@@ -57,3 +57,33 @@ def gradient_angle(
     flat = space.flatten(grad)
     eig = lanczos(metric.operator(forward, params), space.size, min(k, space.size), like=flat)
     return eig.captured(flat)
+
+
+def spectrum(
+    metric: Metric,
+    forward: Forward,
+    params: Params,
+    k: int = 20,
+    trace_samples: int = 100,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Top-``k`` eigenvalues of ``g``, the share of its trace they hold, and effective ranks.
+
+    Returns ``values`` (descending), ``trace`` (Hutchinson estimate from ``trace_samples``
+    products), ``captured`` (``sum(values) / trace``), ``effective_rank`` (participation ratio
+    of the top-k values) and ``rank_bound`` (samples x outputs, the most ``g`` can have).
+    """
+    space = ParamSpace.of(params)
+    like = space.flatten(params)
+    op = metric.operator(forward, params)
+    eig = lanczos(op, space.size, min(k, space.size), like=like, seed=seed)
+    trace = hutchinson_trace(op, space.size, trace_samples, like=like, seed=seed + 1)
+    with torch.no_grad():
+        out = forward(params)
+    return {
+        "values": eig.values,
+        "trace": trace,
+        "captured": eig.values.sum() / trace,
+        "effective_rank": participation_ratio(eig.values),
+        "rank_bound": torch.tensor(out.numel()),
+    }

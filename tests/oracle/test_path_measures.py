@@ -52,3 +52,17 @@ def test_traversal_logs_drift_and_lengths(tiny, tmp_path):
     assert lengths == sorted(lengths) and lengths[0] > 0
     assert all(m["path/euclidean"] > 0 and m["path/drift"] >= 0 for m in fip)
     assert not any("path/length" in r["metrics"] for r in result.records if r["branch"] == "trunk")
+
+
+def test_spectrum_summary_matches_the_dense_metric():
+    from fipframe.eval.geometry import spectrum
+
+    out = spectrum(METRIC, FORWARD, PARAMS, k=5, trace_samples=2000)
+    evals = torch.linalg.eigvalsh(DENSE).flip(0)
+    torch.testing.assert_close(out["values"], evals[:5], rtol=1e-6, atol=1e-10)
+    assert out["trace"].item() == pytest.approx(DENSE.trace().item(), rel=0.1)
+    assert out["captured"].item() == pytest.approx(
+        (evals[:5].sum() / DENSE.trace()).item(), rel=0.1
+    )
+    assert 1 <= out["effective_rank"].item() <= 5
+    assert out["rank_bound"].item() == 5 * 4
