@@ -93,8 +93,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = fipframe.run(fipframe.load_config(config(data, args.steps)), out=tmp)
         ends = {r["branch"]: r for r in result.records if r["kind"] == "stage_end"}
-        order = [r["branch"] for r in result.records if r["kind"] == "stage_end"]
-        prev_time = {b: ends[order[i - 1]]["time"] for i, b in enumerate(order) if i}
+        prev_time: dict[str, float] = {}  # time of the record before each branch's first
+        for before, record in zip(result.records, result.records[1:], strict=False):
+            if record["branch"] != before["branch"]:
+                prev_time.setdefault(record["branch"], before["time"])
         lines += [
             f"## {title}",
             "",
