@@ -56,6 +56,7 @@ class _Normalised(PathIntegrator):
     momentum carried by transport, then a retraction of length eps."""
 
     needs_metric = True
+    uses_divergence = False  # the metric shapes the direction; no penalty term
 
     def init(self, params: Params) -> State:
         return {}

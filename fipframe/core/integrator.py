@@ -49,6 +49,8 @@ class PathIntegrator(ABC):
     """A step rule. Declare ``"needs_metric"`` in the spec if the metric is used."""
 
     needs_metric: ClassVar[bool] = False
+    #: whether ``step`` reads ``Terms.divergence``; if not, the engine never computes it
+    uses_divergence: ClassVar[bool] = True
 
     def __init__(self, config: Any):
         self.config = config

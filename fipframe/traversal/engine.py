@@ -275,7 +275,8 @@ class Traversal:
             idx = st.stored.indices(step)
             mem_x, mem_ref = memory.inputs[idx], st.anchor_ref[idx]  # type: ignore[index]
         weights = [o.weight(progress) for o in st.objectives]
-        fuse = st.fused and mem_x is not None
+        wants_div = mem_x is not None and st.integrator.uses_divergence
+        fuse = st.fused and wants_div
         sizes = [x.shape[0] for x in inputs] + ([mem_x.shape[0]] if fuse else [])  # type: ignore[union-attr]
         adapter, metric = self.adapter, st.metric
 
@@ -295,7 +296,7 @@ class Traversal:
             if total is None:
                 total = next(iter(p.values())).new_zeros(())
             divergence = None
-            if mem_x is not None:
+            if wants_div:
                 if fuse:
                     mem_logits = next(it)
                 else:
@@ -305,8 +306,18 @@ class Traversal:
                 divergence = metric.divergence(mem_logits, mem_ref).mean()
             return Terms(total, divergence, parts)
 
-        stored_forward = (lambda p: adapter.forward(p, mem_x)) if mem_x is not None else None
-        return StepProblem(evaluate, self.manifold, metric, progress, stored_forward)
+        def stored_forward(p: Params) -> Tensor:
+            """Outputs on this step's stored inputs, in eval mode like the anchor's."""
+            was = adapter.model.training
+            adapter.train(False)
+            try:
+                return adapter.forward(p, mem_x)  # type: ignore[arg-type]
+            finally:
+                adapter.train(was)
+
+        return StepProblem(
+            evaluate, self.manifold, metric, progress, stored_forward if mem_x is not None else None
+        )
 
     def _run_stage(
         self, branch: str, si: int, cfg: Any, params: Params, memory: Memory, resume: _Resume | None
