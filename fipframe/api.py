@@ -68,15 +68,26 @@ def load_config(
     return validate(data, registry, pm, source=label)
 
 
-def build(config: RunBase, *, out: str | Path | None = None, model: Any = None) -> Traversal:
-    """Build a traversal from a validated config (its plugin manager comes with it)."""
+def build(
+    config: RunBase | str | Path | Mapping[str, Any],
+    *,
+    out: str | Path | None = None,
+    model: Any = None,
+) -> Traversal:
+    """Build a traversal from a config (validated first if it is a mapping or a file)."""
+    if not isinstance(config, RunBase):
+        config = load_config(config)
     cls = type(config)
     pm = cls.plugin_manager or plugins.make_plugin_manager()
     return Traversal(config, pm=pm, registry=cls.registry, out=out, model=model)
 
 
 def run(
-    config: RunBase, *, out: str | Path | None = None, resume: bool = False, model: Any = None
+    config: RunBase | str | Path | Mapping[str, Any],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    model: Any = None,
 ) -> RunResult:
     """Build and run a traversal; with ``resume=True`` continue the run in ``out``."""
     return build(config, out=out, model=model).run(resume=resume)

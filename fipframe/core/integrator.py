@@ -43,6 +43,8 @@ class StepProblem:
     metric: Metric | None
     progress: float
     stored_forward: Callable[[Params], Tensor] | None = None
+    #: if set, :func:`riemannian_gradient` hands it the gradient of each step (for observers)
+    gradient_sink: Callable[[Params], None] | None = None
 
 
 class PathIntegrator(ABC):
@@ -84,7 +86,10 @@ def riemannian_gradient(
         total = total + alpha * terms.divergence
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
-    return problem.manifold.egrad2rgrad(params, like(params, grads)), terms, total.detach()
+    rgrad = problem.manifold.egrad2rgrad(params, like(params, grads))
+    if problem.gradient_sink is not None:
+        problem.gradient_sink(rgrad)
+    return rgrad, terms, total.detach()
 
 
 def step_stats(terms: Terms, total: Tensor) -> dict[str, Tensor]:

@@ -5,6 +5,12 @@ objective mutate shared state. If an objective needs a forward pass it says whic
 returning a :class:`Batch` from :meth:`sample`; the engine runs a single forward on all
 objectives' inputs (and the stored inputs of the invariance term) concatenated, and hands
 each objective its own slice of the logits.
+
+Methods that remember earlier tasks (EWC, SI) keep what they learned in ``StageContext.carry``,
+a flat ``name -> tensor`` dict that belongs to the path: it follows a branch from the trunk,
+is saved with every checkpoint and next to every stage's end point, and is restored on resume.
+An objective may write to it in :meth:`SecondaryObjective.bind` and
+:meth:`SecondaryObjective.finish` only, under keys that start with its ``kind``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
@@ -46,10 +52,24 @@ class StageContext:
     sampler: Callable[[str, int, int], Sampler]  # (name, population, batch_size) -> Sampler
     steps: int
     anchor: Params  # the point the stage starts from
+    #: end points of the stages finished earlier on this path, as (task index or None, point)
+    ends: list[tuple[int | None, Params]]
+    #: the path's persistent state (see the module docstring)
+    carry: dict[str, Tensor]
+    #: the metric built for this stage's divergence ("metric:"), or None
+    metric: Any = None
+    #: index of ``task`` in ``tasks`` (None for a stage without a task)
+    task_index: int | None = None
 
 
 class SecondaryObjective(ABC):
-    """A loss on the current weights. ``config.weight`` (a Scheduled number) scales it."""
+    """A loss on the current weights. ``config.weight`` (a Scheduled number) scales it.
+
+    Set ``observes_steps = True`` to have :meth:`observe` called after every step with the
+    gradient the step followed (Synaptic Intelligence's path integral needs it).
+    """
+
+    observes_steps: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -70,3 +90,20 @@ class SecondaryObjective(ABC):
 
     def refresh(self, params: Params, step: int) -> None:  # noqa: B027  (optional hook)
         """Refresh internal targets (e.g. a pruning mask). Called every chunk."""
+
+    def observe(self, before: Params, after: Params, grad: Params) -> None:  # noqa: B027
+        """After each step (only if ``observes_steps``): the move and the gradient it followed.
+
+        Runs every step, so keep it on the device (no ``.item()``) and out of place: the engine
+        keeps references to :meth:`state_dict` tensors to roll back non-finite chunks.
+        """
+
+    def finish(self, params: Params, carry: dict[str, Tensor]) -> None:  # noqa: B027
+        """At the end of the stage, at its last point: record what later stages need."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors that change during a stage (saved with each checkpoint for exact resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:  # noqa: B027
+        """Restore :meth:`state_dict` on resume or after a rollback."""

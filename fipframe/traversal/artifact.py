@@ -69,7 +69,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    cpu: dict[str, Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for k, v in tensors.items():
+        t = v.detach().contiguous().cpu()
+        # the same tensor may sit in two places of a state (safetensors refuses shared storage)
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        cpu[k] = t.clone() if key in seen and t.numel() else t
+        seen.add(key)
     with _atomic(path) as tmp:
         save_file(cpu, tmp, metadata={"fipframe": json.dumps(meta)})
 

@@ -159,34 +159,45 @@ class Traversal:
         mem_cfg = self.config.memory
         trunk_memory = Memory(mem_cfg.size, mem_cfg.selection, seed=self.config.run.seed)
         trunk_end: Params | None = None
+        trunk_ends: list[tuple[int | None, Params]] = []
+        trunk_carry: dict[str, Tensor] = {}
         plan = self._plan()
         order = [b for b, _ in plan]
         resume_at = (restart.meta["branch"], restart.meta["stage"]) if restart else None
         for branch, stages in plan:
             if branch == TRUNK:
-                memory, params = trunk_memory, self.adapter.params()
+                memory, params, ends, carry = trunk_memory, self.adapter.params(), [], {}
             else:
                 assert trunk_end is not None
                 memory, params = trunk_memory.copy(), trunk_end
+                ends, carry = list(trunk_ends), dict(trunk_carry)
             first = 0
             if resume_at is not None:
                 if order.index(branch) < order.index(resume_at[0]):  # finished before
                     self._add_tasks(memory, branch, stages)
                     if branch == TRUNK:
-                        trunk_end = self._trunk_end_from_disk()
+                        trunk_ends = self._ends_from_disk(branch, stages)
+                        trunk_end = trunk_ends[-1][1] if trunk_ends else self.adapter.params()
+                        trunk_carry = self._carry_from_disk(branch, stages)
                     continue
+                assert restart is not None
                 first = resume_at[1]
                 self._add_tasks(memory, branch, stages[:first])
+                ends += self._ends_from_disk(branch, stages[:first])
+                carry = dict(restart.state.get("carry", {}))
             for si in range(first, len(stages)):
                 start = None
                 if resume_at is not None:  # the stage that was interrupted
                     assert restart is not None and self.dir is not None
                     start, resume_at = restart, None
                     params = load_point(self.dir.root / restart.meta["anchor"], self.device)
-                params = self._run_stage(branch, si, stages[si], params, memory, start)
+                params = self._run_stage(
+                    branch, si, stages[si], params, memory, start, ends=ends, carry=carry
+                )
                 self._add_tasks(memory, branch, stages[si : si + 1], params)
+                ends.append((stages[si].task, params))
             if branch == TRUNK:
-                trunk_end = params
+                trunk_end, trunk_ends, trunk_carry = params, ends, carry
 
     def _add_tasks(
         self, memory: Memory, branch: str, stages: list[Any], params: Params | None = None
@@ -211,13 +222,21 @@ class Traversal:
                 return load_point(self.dir.root / r["point"], self.device)
         raise TraversalError(f"cannot resume: no saved end point of {branch}/{stage}")
 
-    def _trunk_end_from_disk(self) -> Params:
-        ends = [r for r in self._records if r["kind"] == "stage_end" and r["branch"] == TRUNK]
-        if not ends or self.dir is None:
-            raise TraversalError(
-                "cannot resume: the trunk's last point is missing from metrics.jsonl"
-            )
-        return load_point(self.dir.root / ends[-1]["point"], self.device)
+    def _ends_from_disk(self, branch: str, stages: list[Any]) -> list[tuple[int | None, Params]]:
+        return [(stage.task, self._stage_end_params(branch, stage.name)) for stage in stages]
+
+    def _carry_from_disk(self, branch: str, stages: list[Any]) -> dict[str, Tensor]:
+        """The path state after a branch's last stage, read back from its saved file."""
+        if not stages:
+            return {}
+        last = stages[-1].name
+        for r in self._records:
+            if r["kind"] == "stage_end" and r["branch"] == branch and r["stage"] == last:
+                if not r.get("carry"):
+                    return {}
+                assert self.dir is not None
+                return dict(load_point(self.dir.root / r["carry"], self.device))
+        raise TraversalError(f"cannot resume: no saved end point of {branch}/{last}")
 
     def _load_resume(self) -> _Resume:
         assert self.dir is not None
@@ -229,7 +248,14 @@ class Traversal:
 
     # -- one stage -------------------------------------------------------------------------
     def _build_stage(
-        self, branch: str, si: int, cfg: Any, anchor: Params, memory: Memory
+        self,
+        branch: str,
+        si: int,
+        cfg: Any,
+        anchor: Params,
+        memory: Memory,
+        ends: list[tuple[int | None, Params]],
+        carry: dict[str, Tensor],
     ) -> _Stage:
         reg = self.registry
         integrator = reg.build("integrator", cfg.integrator)
@@ -252,6 +278,10 @@ class Traversal:
             sampler,
             cfg.steps,
             anchor,
+            list(ends),
+            carry,
+            metric,
+            cfg.task,
         )
         for objective in objectives:
             objective.bind(ctx)
@@ -267,7 +297,14 @@ class Traversal:
             cfg, integrator, metric, objectives, anchor_ref, stored, fused=not self.mode_dependent
         )
 
-    def _problem(self, st: _Stage, memory: Memory, step: int, progress: float) -> StepProblem:
+    def _problem(
+        self,
+        st: _Stage,
+        memory: Memory,
+        step: int,
+        progress: float,
+        sink: list[Params] | None = None,
+    ) -> StepProblem:
         batches = [o.sample(step) for o in st.objectives]
         inputs = [b.inputs for b in batches if b is not None]
         mem_x = mem_ref = None
@@ -316,44 +353,79 @@ class Traversal:
                 adapter.train(was)
 
         return StepProblem(
-            evaluate, self.manifold, metric, progress, stored_forward if mem_x is not None else None
+            evaluate,
+            self.manifold,
+            metric,
+            progress,
+            stored_forward if mem_x is not None else None,
+            sink.append if sink is not None else None,
         )
 
     def _run_stage(
-        self, branch: str, si: int, cfg: Any, params: Params, memory: Memory, resume: _Resume | None
+        self,
+        branch: str,
+        si: int,
+        cfg: Any,
+        params: Params,
+        memory: Memory,
+        resume: _Resume | None,
+        *,
+        ends: list[tuple[int | None, Params]],
+        carry: dict[str, Tensor],
     ) -> Params:
         # the stage starts on the manifold (a no-op for Euclidean; a resumed anchor already is)
         anchor = params if resume is not None else self.manifold.projx(params)
         params = anchor
         anchor_rel = self._stage_start_point(branch, si, cfg, anchor, resume)
-        st = self._build_stage(branch, si, cfg, anchor, memory)
+        st = self._build_stage(branch, si, cfg, anchor, memory, ends, carry)
+        observers = [o for o in st.objectives if o.observes_steps]
+
+        def full_state(integrator_state: Any) -> dict[str, Any]:
+            return {
+                "integrator": integrator_state,
+                "objectives": [o.state_dict() for o in st.objectives],
+                "carry": carry,
+            }
+
+        def restore_objectives(states: list[dict[str, Tensor]]) -> None:
+            for objective, sd in zip(st.objectives, states, strict=True):
+                objective.load_state_dict(sd)
+
         if resume is not None:
             params, state, step, scale = (
                 resume.params,
-                resume.state,
+                resume.state["integrator"],
                 resume.meta["step"],
                 resume.meta["scale"],
             )
+            restore_objectives(resume.state["objectives"])
             rollbacks = resume.meta.get("rollbacks", 0)
             lengths = resume.meta.get("lengths", [0.0, 0.0])
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
             lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
             # a checkpoint from the very start: an interruption before the first chunk resumes here
-            self._commit(branch, si, 0, params, state, scale, rollbacks, anchor_rel)
+            self._commit(branch, si, 0, params, full_state(state), scale, rollbacks, anchor_rel)
         self.position = Position(branch, si, cfg.name, step)
         chunk = self.config.run.chunk
-        good = (params, state, step)
+        good = (params, state, step, [o.state_dict() for o in st.objectives])
         sums: dict[str, Tensor] = {}
         count = 0
         if resume is not None and resume.meta.get("done"):
             return params  # the stage had finished before the interruption
         train_metrics: dict[str, float] = {}
+        sink: list[Params] | None = [] if observers else None
         with self._progress(branch, cfg, step) as bar:
             self.adapter.train(True)
             while step < cfg.steps:
-                problem = self._problem(st, memory, step, step / cfg.steps)
+                problem = self._problem(st, memory, step, step / cfg.steps, sink)
+                before = params
                 params, state, stats = st.integrator.step(params, state, problem, scale)
+                if sink:
+                    grad = sink.pop()
+                    sink.clear()
+                    for objective in observers:
+                        objective.observe(before, params, grad)
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v.detach().clone()
                 count += 1
@@ -370,7 +442,8 @@ class Traversal:
                             f"{branch}/{cfg.name}: non-finite values at step {step} after "
                             f"{rollbacks - 1} rollbacks; lower the step size"
                         )
-                    params, state, step = good
+                    params, state, step, kept = good
+                    restore_objectives(kept)
                     scale *= 0.5
                     sums, count = {}, 0
                     self._line(
@@ -384,7 +457,7 @@ class Traversal:
                 train_metrics["step_scale"] = scale
                 train_metrics.update(self._path_measures(st, memory, good[0], params, lengths))
                 sums, count = {}, 0
-                good = (params, state, step)
+                good = (params, state, step, [o.state_dict() for o in st.objectives])
                 self.position.step = step
                 bar.update(step - bar.n)
                 if step == cfg.steps:
@@ -396,15 +469,34 @@ class Traversal:
                     point = self._save(branch, si, cfg, step, params)
                 record = self._emit("chunk", branch, si, cfg, step, metrics, point)
                 self._commit(
-                    branch, si, step, params, state, scale, rollbacks, anchor_rel, lengths=lengths
+                    branch,
+                    si,
+                    step,
+                    params,
+                    full_state(state),
+                    scale,
+                    rollbacks,
+                    anchor_rel,
+                    lengths=lengths,
                 )
                 self._notify(record)
                 bar.set_postfix_str(_short(metrics, cfg.task))
                 self._maybe_line(branch, cfg, step, metrics)
+        for objective in st.objectives:
+            objective.finish(params, carry)
         metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
-        point = self._save(branch, si, cfg, cfg.steps, params, tag="end") if self.dir else None
-        record = self._emit("stage_end", branch, si, cfg, cfg.steps, metrics, point)
-        self._commit(branch, si, cfg.steps, params, {}, scale, rollbacks, anchor_rel, done=True)
+        point = carry_rel = None
+        if self.dir is not None:
+            point = self._save(branch, si, cfg, cfg.steps, params, tag="end")
+            if carry:
+                carry_rel = self._save(branch, si, cfg, cfg.steps, carry, tag="carry")
+        record = self._emit(
+            "stage_end", branch, si, cfg, cfg.steps, metrics, point, carry=carry_rel
+        )
+        done_state = {"integrator": {}, "objectives": [{} for _ in st.objectives], "carry": carry}
+        self._commit(
+            branch, si, cfg.steps, params, done_state, scale, rollbacks, anchor_rel, done=True
+        )
         self._notify(record)
         self._line(f"{branch}/{cfg.name}: done. " + _short(metrics, cfg.task))
         return params
@@ -463,12 +555,13 @@ class Traversal:
 
     def _evaluate(self, params: Params, current: int | None) -> dict[str, float]:
         names, values = [], []
+        table = self.tasks.class_table()
         for split in ("val", "test"):
             for i, task in enumerate(self.tasks.tasks):
                 data = getattr(task, split)
                 if len(data) == 0:
                     continue
-                pred = self._logits(params, data.x).argmax(-1)
+                pred = self.tasks.restrict(self._logits(params, data.x), i, table).argmax(-1)
                 names.append(f"acc/{split}/task_{i}")
                 values.append((pred == data.y).float().mean())
         out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
@@ -490,6 +583,7 @@ class Traversal:
         step: int,
         metrics: dict[str, float],
         point: str | None,
+        carry: str | None = None,
     ) -> dict[str, Any]:
         record = {
             "seq": self._seq,
@@ -504,6 +598,8 @@ class Traversal:
             "time": round(time.monotonic() - self._t0, 3),
             "metrics": metrics,
         }
+        if carry is not None:
+            record["carry"] = carry
         self._seq += 1
         self._records.append(record)
         if self.dir is not None:
