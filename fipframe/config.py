@@ -73,7 +73,11 @@ class MemoryConfig(_Frozen):
     """Stored training inputs of earlier tasks, one budget for every method."""
 
     size: int = Field(0, ge=0, description="total stored examples across earlier tasks")
-    selection: Literal["class_balanced", "random"] = "class_balanced"
+    selection: Literal["class_balanced", "random", "reservoir"] = Field(
+        "class_balanced",
+        description="class_balanced: equal share per task, round-robin over its classes; "
+        "random: equal share per task; reservoir: uniform over every example seen",
+    )
 
 
 class StageBase(_Frozen):

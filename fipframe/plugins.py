@@ -37,6 +37,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fipframe.builtin.integrators",
     "fipframe.builtin.geometry",
     "fipframe.builtin.objectives",
+    "fipframe.builtin.continual",
     "fipframe.builtin.adapters",
     "fipframe.builtin.datasets",
     "fipframe.builtin.loggers",

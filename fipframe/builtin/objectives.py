@@ -34,6 +34,8 @@ class TaskCE(SecondaryObjective):
             raise TraversalError("objective task_ce needs a stage with `task:` set")
         self.split = ctx.task.train
         self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
+        self.tasks, self.index = ctx.tasks, ctx.task_index
+        self.table = ctx.tasks.class_table()
 
     def sample(self, step: int) -> Batch:
         idx = self.sampler.indices(step)
@@ -41,6 +43,7 @@ class TaskCE(SecondaryObjective):
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         assert logits is not None and batch is not None
+        logits = self.tasks.restrict(logits, self.index, self.table)
         return F.cross_entropy(logits, batch.targets, label_smoothing=self.config.label_smoothing)
 
 
@@ -57,17 +60,21 @@ class ReplayCE(SecondaryObjective):
         self.sampler = (
             ctx.sampler("replay_ce", len(ctx.memory), ctx.memory_batch) if len(ctx.memory) else None
         )
+        self.tasks, self.table = ctx.tasks, ctx.tasks.class_table()
+        self._ids: Tensor | None = None
 
     def sample(self, step: int) -> Batch | None:
         if self.sampler is None:
             return None
         idx = self.sampler.indices(step)
+        self._ids = self.memory.task_ids[idx]  # type: ignore[index]
         return Batch(self.memory.inputs[idx], self.memory.targets[idx])  # type: ignore[index]
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         if logits is None or batch is None:
             return next(iter(params.values())).new_zeros(())
-        return F.cross_entropy(logits, batch.targets)
+        assert self._ids is not None
+        return F.cross_entropy(self.tasks.restrict(logits, self._ids, self.table), batch.targets)
 
 
 @hookimpl

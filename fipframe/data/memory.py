@@ -4,6 +4,10 @@ Selection is seeded and prefix-stable: each task keeps an ordering of its traini
 (round-robin over classes for ``class_balanced``), and the task's quota takes a prefix of it.
 When a new task arrives the budget is re-divided equally and every task keeps a prefix, so the
 memory after tasks 1..k is a pure function of (seed, tasks), which makes resume exact.
+``reservoir`` keeps, over the stream of every task's training examples, the ``size`` examples
+with the smallest seeded random priorities: the same distribution as reservoir sampling
+(each example seen so far is kept with equal probability), without its order dependence, so
+a task's share follows its size rather than an equal split.
 Labels are stored too; methods that must not use them (FIP) read ``inputs`` only.
 """
 
@@ -23,7 +27,7 @@ class Memory:
     def __init__(
         self,
         size: int,
-        selection: Literal["class_balanced", "random"] = "class_balanced",
+        selection: Literal["class_balanced", "random", "reservoir"] = "class_balanced",
         *,
         seed: int = 0,
     ):
@@ -32,6 +36,7 @@ class Memory:
         self.seed = seed
         # (task index, task, ordering, outputs recorded for the ordering when stored, or None)
         self._tasks: list[tuple[int, Task, Tensor, Tensor | None]] = []
+        self._priority: dict[int, Tensor] = {}  # reservoir: sorted priorities of each ordering
         self.inputs: Tensor | None = None
         self.logits: Tensor | None = None  # outputs recorded at storage time (all tasks), or None
         self.targets: Tensor | None = None
@@ -47,6 +52,7 @@ class Memory:
     def copy(self) -> Memory:
         other = Memory(self.size, self.selection, seed=self.seed)
         other._tasks = list(self._tasks)
+        other._priority = dict(self._priority)
         other._materialise()
         return other
 
@@ -68,6 +74,10 @@ class Memory:
     def _ordering(self, index: int, task: Task) -> Tensor:
         g = torch.Generator().manual_seed(zlib.crc32(f"memory/{self.seed}/{index}".encode()))
         y = task.train.y.cpu()
+        if self.selection == "reservoir":
+            priority, order = torch.rand(len(y), generator=g).sort()
+            self._priority[index] = priority[: self.size]
+            return order[: self.size]
         if self.selection == "random":
             return torch.randperm(len(y), generator=g)[: self.size]
         per_class = []
@@ -86,9 +96,17 @@ class Memory:
         if n == 0:
             return
         base, extra = divmod(self.size, n)
+        shares = [base + (1 if k < extra else 0) for k in range(n)]
+        if self.selection == "reservoir":  # the smallest priorities over every task so far
+            pr = torch.cat([self._priority[t[0]] for t in self._tasks])
+            owner = torch.cat(
+                [torch.full((len(self._priority[t[0]]),), k) for k, t in enumerate(self._tasks)]
+            )
+            kept = owner[pr.argsort()[: self.size]]
+            shares = torch.bincount(kept, minlength=n).tolist()
         xs, ys, ts, ls = [], [], [], []
         for k, (index, task, order, logits) in enumerate(self._tasks):
-            n = base + (1 if k < extra else 0)
+            n = shares[k]
             take = order[:n].to(task.train.y.device)
             xs.append(task.train.x[take])
             ys.append(task.train.y[take])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -51,15 +52,26 @@ class Task:
         )
 
 
+Scenario = Literal["class", "task"]
+#: logit given to classes outside an example's task in the task-incremental scenario
+MASKED = -1.0e9
+
+
 @dataclass
 class TaskSequence:
-    """Tasks learned one after another, sharing one output head of ``num_classes``."""
+    """Tasks learned one after another, sharing one output head of ``num_classes``.
+
+    ``scenario`` says how the head is read: ``"class"`` (class-incremental: argmax over every
+    class, no task identity) or ``"task"`` (task-incremental: the task is known, so training and
+    evaluation compare only the logits of that task's classes).
+    """
 
     name: str
     tasks: list[Task]
     input_shape: tuple[int, ...]
     num_classes: int
     meta: dict[str, str] = field(default_factory=dict)
+    scenario: Scenario = "class"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -71,7 +83,31 @@ class TaskSequence:
             self.input_shape,
             self.num_classes,
             dict(self.meta),
+            self.scenario,
         )
+
+    def class_table(self) -> Tensor:
+        """[tasks, classes] bool: which classes belong to which task (on the data's device)."""
+        device = self.tasks[0].train.y.device if self.tasks else None
+        table = torch.zeros(len(self.tasks), self.num_classes, dtype=torch.bool, device=device)
+        for i, task in enumerate(self.tasks):
+            table[i, list(task.classes)] = True
+        return table
+
+    def restrict(
+        self, logits: Tensor, task_ids: Tensor | int, table: Tensor | None = None
+    ) -> Tensor:
+        """In the task-incremental scenario, mask every logit outside each example's task.
+
+        ``task_ids`` is one task index or one per row; class-incremental logits pass unchanged.
+        """
+        if self.scenario == "class":
+            return logits
+        table = self.class_table() if table is None else table
+        allowed = table[task_ids]
+        if allowed.dim() == 1:
+            allowed = allowed.expand_as(logits)
+        return logits.masked_fill(~allowed, MASKED)
 
 
 def class_split(
@@ -84,8 +120,9 @@ def class_split(
     num_classes: int,
     train_limit: int | None = None,
     eval_limit: int | None = None,
+    scenario: Scenario = "class",
 ) -> TaskSequence:
-    """Split three datasets into tasks by class groups (class-incremental, one shared head)."""
+    """Split three datasets into tasks by class groups (one shared head; see ``scenario``)."""
     tasks = []
     for i, group in enumerate(groups):
         classes = tuple(int(c) for c in group)
@@ -99,7 +136,7 @@ def class_split(
             else f"{classes[0]}..{classes[-1]}"
         )
         tasks.append(Task(f"task_{i} ({label})", classes, *picked))
-    return TaskSequence(name, tasks, tuple(train.x.shape[1:]), num_classes)
+    return TaskSequence(name, tasks, tuple(train.x.shape[1:]), num_classes, scenario=scenario)
 
 
 def _pick(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:

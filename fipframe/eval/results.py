@@ -81,6 +81,44 @@ class RunResult:
         """Records along a branch's whole path: the trunk's, then the branch's own."""
         return [r for r in self.records if r["branch"] in (TRUNK, branch)]
 
+    def matrix(self, branch: str, split: str = "test") -> tuple[list[int], list[list[float]]]:
+        """The accuracy matrix along a branch's path: ``R[i][j]`` is the accuracy on task ``j``
+        after the ``i``-th stage that learned a task. Returns (that stage's task, R)."""
+        rows, learned = [], []
+        for r in self.path(branch):
+            if r["kind"] != "stage_end" or r.get("task") is None:
+                continue
+            learned.append(int(r["task"]))
+            rows.append(
+                [
+                    r["metrics"].get(f"acc/{split}/task_{j}", float("nan"))
+                    for j in range(len(self.task_names))
+                ]
+            )
+        return learned, rows
+
+    def continual(self, branch: str, split: str = "test") -> dict[str, float]:
+        """Average accuracy, backward transfer and forgetting (Lopez-Paz & Ranzato 2017;
+        Chaudhry et al. 2018) over the tasks learned along the branch's path.
+
+        ``acc`` = mean over learned tasks of their final accuracy; ``bwt`` = mean over all but
+        the last learned task of (final - just after learning it); ``forgetting`` = mean over
+        the same tasks of (best accuracy before the last stage - final). All as fractions.
+        """
+        learned, rows = self.matrix(branch, split)
+        if not rows:
+            return {}
+        tasks = list(dict.fromkeys(learned))
+        final = rows[-1]
+        out = {"acc": sum(final[j] for j in tasks) / len(tasks)}
+        earlier = tasks[:-1]
+        if earlier:
+            last = {t: i for i, t in enumerate(learned)}  # the row right after learning t
+            out["bwt"] = sum(final[j] - rows[last[j]][j] for j in earlier) / len(earlier)
+            best = {j: max(row[j] for row in rows[:-1]) for j in earlier}
+            out["forgetting"] = sum(best[j] - final[j] for j in earlier) / len(earlier)
+        return out
+
     def table(self, split: str = "test") -> str:
         """A plain-text table of per-task and average accuracy (%) per branch."""
         rows: list[tuple[str, list[float]]] = []
@@ -100,6 +138,17 @@ class RunResult:
         for name, accs in rows:
             cells = [*accs, sum(accs) / len(accs)]
             lines.append(name.ljust(width) + "".join(f"  {100 * a:14.2f}" for a in cells))
+        cl = {b: self.continual(b, split) for b in self.branches}
+        if any("bwt" in m for m in cl.values()):
+            lines += [
+                "",
+                "over the tasks each path learned (%): ACC, backward transfer, forgetting",
+            ]
+            lines.append("method".ljust(width) + "".join(f"  {h:>10}" for h in ("ACC", "BWT", "F")))
+            for b, m in cl.items():
+                if m:
+                    cells = [m["acc"], m.get("bwt", 0.0), m.get("forgetting", 0.0)]
+                    lines.append(b.ljust(width) + "".join(f"  {100 * v:10.2f}" for v in cells))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

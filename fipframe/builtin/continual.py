@@ -1,0 +1,290 @@
+"""Continual-learning baselines as secondary objectives, so every method runs in one engine.
+
+Each is a loss term listed next to ``task_ce`` in a stage (see the ``continual-*`` presets):
+
+- ``joint_ce``: cross-entropy on every task seen so far, current one included (joint training,
+  the upper reference; it reads all earlier training data, which the other methods may not).
+- ``ewc``: Elastic Weight Consolidation (Kirkpatrick et al. 2017), the diagonal quadratic
+  metric ``sum_t 1/2 (w - w_t)^T diag(F_t) (w - w_t)``. ``F_t`` is the diagonal of the KL
+  metric (the Fisher of the model's predictive distribution) at task ``t``'s end point, on
+  ``samples`` of its training inputs: exactly (the framework's own metric, read off its
+  diagonal) or, by default, by drawing one label per input from the model (unbiased, and a
+  tenth of the cost for ten classes).
+- ``si``: Synaptic Intelligence (Zenke et al. 2017): per-parameter importance from the path
+  integral ``-sum_k g_k * dw_k`` over each stage it is listed in, damped by
+  ``(total move)^2 + xi``, then ``sum Omega (w - w_prev)^2``. List it (weight 0 is fine) in every
+  stage whose path should count, the first one included.
+- ``lwf``: Learning without Forgetting (Li & Hoiem 2017): temperature-softened distillation of
+  the stage's first point's outputs on the current task's inputs, over earlier tasks' classes.
+- ``der``: the logit-matching term of DER/DER++ (Buzzega et al. 2020): squared error between the
+  outputs on stored inputs and the outputs recorded when they were stored. DER++ is
+  ``task_ce + der + replay_ce``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from fipframe.core.configs import PluginConfig, Scheduled
+from fipframe.core.objective import Batch, SecondaryObjective, StageContext
+from fipframe.core.params import Params
+from fipframe.errors import TraversalError
+from fipframe.plugins import hookimpl
+from fipframe.registry import Spec
+
+
+def _zero(params: Params) -> Tensor:
+    return next(iter(params.values())).new_zeros(())
+
+
+def _seen(ctx: StageContext) -> list[int]:
+    """Tasks finished earlier on this path, in order, without repeats."""
+    return list(dict.fromkeys(t for t, _ in ctx.ends if t is not None))
+
+
+# -- joint training -------------------------------------------------------------------------
+class JointCEConfig(PluginConfig):
+    kind: Literal["joint_ce"] = "joint_ce"
+    weight: Scheduled = Field(1.0, description="weight of this term")
+
+
+class JointCE(SecondaryObjective):
+    """Cross-entropy on the union of every task seen so far and the stage's task."""
+
+    def bind(self, ctx: StageContext) -> None:
+        ids = _seen(ctx)
+        if ctx.task_index is not None and ctx.task_index not in ids:
+            ids.append(ctx.task_index)
+        if not ids:
+            raise TraversalError("objective joint_ce needs a stage with `task:` set")
+        splits = [ctx.tasks.tasks[i].train for i in ids]
+        self.x = torch.cat([s.x for s in splits])
+        self.y = torch.cat([s.y for s in splits])
+        self.t = torch.cat([torch.full_like(s.y, i) for i, s in zip(ids, splits, strict=True)])
+        self.tasks, self.table = ctx.tasks, ctx.tasks.class_table()
+        self.sampler = ctx.sampler("joint_ce", len(self.y), ctx.batch_size)
+        self._ids: Tensor | None = None
+
+    def sample(self, step: int) -> Batch:
+        idx = self.sampler.indices(step)
+        self._ids = self.t[idx]
+        return Batch(self.x[idx], self.y[idx])
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        assert logits is not None and batch is not None and self._ids is not None
+        return F.cross_entropy(self.tasks.restrict(logits, self._ids, self.table), batch.targets)
+
+
+# -- EWC ------------------------------------------------------------------------------------
+class EWCConfig(PluginConfig):
+    kind: Literal["ewc"] = "ewc"
+    weight: Scheduled = Field(100.0, description="lambda: strength of the quadratic penalty")
+    samples: int = Field(256, ge=1, description="training inputs per task for its Fisher")
+    fisher: Literal["sampled", "exact"] = Field(
+        "sampled",
+        description="sampled: one label per input drawn from the model (unbiased, one gradient "
+        "per input); exact: the KL metric's diagonal (a Jacobian per input, classes x dearer)",
+    )
+    chunk: int = Field(32, ge=1, description="inputs per batch of per-sample gradients")
+
+
+class EWC(SecondaryObjective):
+    """``sum_t 1/2 sum_i F_t,i (w_i - w_t,i)^2`` over the tasks finished on this path."""
+
+    def bind(self, ctx: StageContext) -> None:
+        from fipframe.builtin.metrics import KL, KLConfig
+
+        metric = KL(KLConfig())
+        ends = {t: p for t, p in ctx.ends if t is not None}
+        self.terms: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+        for t in _seen(ctx):
+            key = f"ewc/{t}/"
+            if key + "fisher/" + ctx.adapter.names[0] not in ctx.carry:
+                fisher = self._fisher(ctx, metric, t, ends[t])
+                for name in ctx.adapter.names:
+                    ctx.carry[f"{key}fisher/{name}"] = fisher[name]
+                    ctx.carry[f"{key}anchor/{name}"] = ends[t][name].detach()
+            self.terms.append(
+                (
+                    {n: ctx.carry[f"{key}fisher/{n}"] for n in ctx.adapter.names},
+                    {n: ctx.carry[f"{key}anchor/{n}"] for n in ctx.adapter.names},
+                )
+            )
+
+    def _fisher(
+        self, ctx: StageContext, metric: object, task: int, point: Params
+    ) -> dict[str, Tensor]:
+        from fipframe.core.params import ParamSpace
+
+        x = ctx.tasks.tasks[task].train.x[: self.config.samples]
+        adapter, space = ctx.adapter, ParamSpace.of(point)
+        was = adapter.model.training
+        adapter.train(False)
+        g = torch.Generator(device=x.device).manual_seed(1000 + task)
+        try:
+            total = None
+            for i in range(0, len(x), self.config.chunk):
+                xb = x[i : i + self.config.chunk]
+                if self.config.fisher == "exact":
+                    d = metric.diag(lambda p, xb=xb: adapter.forward(p, xb), point)  # type: ignore[attr-defined]
+                    d = d * len(xb)
+                else:
+                    d = space.flatten(self._sampled(adapter, point, xb, g))
+                total = d if total is None else total + d
+        finally:
+            adapter.train(was)
+        assert total is not None
+        return dict(space.unflatten(total / len(x)))
+
+    @staticmethod
+    def _sampled(adapter: Any, point: Params, x: Tensor, g: torch.Generator) -> Params:
+        """Sum over inputs of squared per-sample gradients of log p(y | x), y ~ p(. | x)."""
+        with torch.no_grad():
+            probs = torch.softmax(adapter.forward(point, x), dim=-1)
+        y = torch.multinomial(probs, 1, generator=g)
+
+        def nll(p: Params, xi: Tensor, yi: Tensor) -> Tensor:
+            logp = torch.log_softmax(adapter.forward(p, xi[None]), dim=-1)
+            return -logp.gather(1, yi[None]).sum()
+
+        grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))(point, x, y)
+        return {n: v.square().sum(0) for n, v in grads.items()}
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        out = _zero(params)
+        for fisher, anchor in self.terms:
+            for name, w in params.items():
+                out = out + 0.5 * (fisher[name] * (w - anchor[name]).square()).sum()
+        return out
+
+
+# -- SI -------------------------------------------------------------------------------------
+class SIConfig(PluginConfig):
+    kind: Literal["si"] = "si"
+    weight: Scheduled = Field(1.0, description="c: strength of the surrogate penalty")
+    xi: float = Field(0.1, gt=0.0, description="damping of the importance denominator")
+
+
+class SI(SecondaryObjective):
+    """Synaptic Intelligence: importance from the path integral of the gradient along the move."""
+
+    observes_steps = True
+
+    def bind(self, ctx: StageContext) -> None:
+        names = ctx.adapter.names
+        self.start = {n: ctx.anchor[n].detach() for n in names}
+        self.work = {n: torch.zeros_like(self.start[n]) for n in names}
+        have = f"si/omega/{names[0]}" in ctx.carry
+        self.omega = {n: ctx.carry[f"si/omega/{n}"] for n in names} if have else None
+        self.prev = {n: ctx.carry[f"si/anchor/{n}"] for n in names} if have else None
+
+    def observe(self, before: Params, after: Params, grad: Params) -> None:
+        self.work = {n: w - grad[n] * (after[n] - before[n]) for n, w in self.work.items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.work)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            self.work = dict(state)
+
+    def finish(self, params: Params, carry: dict[str, Tensor]) -> None:
+        for n, w in self.work.items():
+            end = params[n].detach()
+            add = w / ((end - self.start[n]).square() + self.config.xi)
+            key = f"si/omega/{n}"
+            carry[key] = carry[key] + add if key in carry else add
+            carry[f"si/anchor/{n}"] = end
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        out = _zero(params)
+        if self.omega is None or self.prev is None:
+            return out
+        for name, w in params.items():
+            out = out + (self.omega[name] * (w - self.prev[name]).square()).sum()
+        return out
+
+
+# -- LwF ------------------------------------------------------------------------------------
+class LwFConfig(PluginConfig):
+    kind: Literal["lwf"] = "lwf"
+    weight: Scheduled = Field(1.0, description="weight of the distillation term")
+    temperature: float = Field(2.0, gt=0.0, description="softmax temperature T")
+
+
+class LwF(SecondaryObjective):
+    """KL from the stage start's softened outputs on the current batch, over earlier classes."""
+
+    def bind(self, ctx: StageContext) -> None:
+        if ctx.task is None:
+            raise TraversalError("objective lwf needs a stage with `task:` set")
+        seen = _seen(ctx)
+        classes = sorted({c for t in seen for c in ctx.tasks.tasks[t].classes})
+        self.classes = torch.tensor(classes, device=ctx.task.train.y.device, dtype=torch.long)
+        self.split, self.adapter, self.anchor = ctx.task.train, ctx.adapter, ctx.anchor
+        # the same batches as task_ce: one teacher forward per step, no extra data
+        self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
+        self._teacher: Tensor | None = None
+
+    def sample(self, step: int) -> Batch | None:
+        if not len(self.classes):
+            return None
+        x = self.split.x[self.sampler.indices(step)]
+        with torch.no_grad():
+            self._teacher = self.adapter.forward(self.anchor, x)[:, self.classes]
+        return Batch(x)
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        if logits is None or self._teacher is None:
+            return _zero(params)
+        t = self.config.temperature
+        student = F.log_softmax(logits[:, self.classes] / t, dim=-1)
+        teacher = F.log_softmax(self._teacher / t, dim=-1)
+        return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t
+
+
+# -- DER ------------------------------------------------------------------------------------
+class DERConfig(PluginConfig):
+    kind: Literal["der"] = "der"
+    weight: Scheduled = Field(0.5, description="alpha: weight of the logit-matching term")
+
+
+class DER(SecondaryObjective):
+    """Mean squared error to the logits recorded when each stored input entered the memory."""
+
+    def bind(self, ctx: StageContext) -> None:
+        self.memory = ctx.memory
+        if len(ctx.memory) and ctx.memory.logits is None:
+            raise TraversalError("objective der needs outputs recorded with the memory")
+        self.sampler = (
+            ctx.sampler("der", len(ctx.memory), ctx.memory_batch) if len(ctx.memory) else None
+        )
+        self._target: Tensor | None = None
+
+    def sample(self, step: int) -> Batch | None:
+        if self.sampler is None:
+            return None
+        idx = self.sampler.indices(step)
+        self._target = self.memory.logits[idx]  # type: ignore[index]
+        return Batch(self.memory.inputs[idx])  # type: ignore[index]
+
+    def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
+        if logits is None or self._target is None:
+            return _zero(params)
+        return F.mse_loss(logits, self._target)
+
+
+@hookimpl
+def fipframe_register_objectives() -> list[Spec]:
+    return [
+        Spec("joint_ce", JointCEConfig, JointCE, "cross-entropy on all tasks seen so far (joint)"),
+        Spec("ewc", EWCConfig, EWC, "EWC: diagonal-Fisher quadratic penalty to each task's end"),
+        Spec("si", SIConfig, SI, "Synaptic Intelligence: path-integral importance penalty"),
+        Spec("lwf", LwFConfig, LwF, "LwF: distil the stage start's outputs on the new inputs"),
+        Spec("der", DERConfig, DER, "DER: match the outputs recorded with stored inputs"),
+    ]
