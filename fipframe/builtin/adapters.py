@@ -1,4 +1,4 @@
-"""Built-in architectures: MLP, LeNet-300-100, a small CNN, torchvision VGG11/16 and ResNet-18.
+"""Built-in architectures: MLP, LeNet-300-100, a small CNN, torchvision VGG11/16, ResNet-18, ViT.
 
 All are plain ``torch.nn.Module``s traversed through :class:`ArchitectureAdapter`. torchvision is
 imported only when a VGG or ResNet is built. For small inputs (MNIST's 28x28) the VGGs pad to
@@ -17,6 +17,7 @@ from torch import nn
 
 from fipframe.core.adapter import ArchitectureAdapter
 from fipframe.core.configs import PluginConfig
+from fipframe.errors import ConfigError
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
 
@@ -164,6 +165,45 @@ def build_resnet18(
     return _adapt(net, cfg, num_classes)
 
 
+class ViTConfig(AdapterConfig):
+    kind: Literal["vit"] = "vit"
+    patch_size: int = Field(7, ge=1, description="side of the square patches (divides the image)")
+    layers: int = Field(2, ge=1, description="encoder blocks")
+    heads: int = Field(4, ge=1, description="attention heads per block")
+    hidden: int = Field(64, ge=1, description="token width (a multiple of heads)")
+    mlp: int = Field(128, ge=1, description="width of each block's MLP")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+def build_vit(
+    cfg: ViTConfig, *, input_shape: tuple[int, ...], num_classes: int
+) -> ArchitectureAdapter:
+    """torchvision's VisionTransformer in a small configuration (any channel count)."""
+    from torchvision.models import VisionTransformer
+
+    c, h, w = input_shape
+    if h != w or h % cfg.patch_size:
+        raise ConfigError(
+            f"model.patch_size: {cfg.patch_size} must divide the square image side "
+            f"(inputs are {h}x{w})"
+        )
+    if cfg.hidden % cfg.heads:
+        raise ConfigError(f"model.hidden: {cfg.hidden} is not a multiple of heads ({cfg.heads})")
+    net = VisionTransformer(
+        image_size=h,
+        patch_size=cfg.patch_size,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        hidden_dim=cfg.hidden,
+        mlp_dim=cfg.mlp,
+        dropout=cfg.dropout,
+        num_classes=num_classes,
+    )
+    if c != 3:
+        net.conv_proj = nn.Conv2d(c, cfg.hidden, cfg.patch_size, stride=cfg.patch_size)
+    return _adapt(net, cfg, num_classes)
+
+
 @hookimpl
 def fipframe_register_adapters() -> list[Spec]:
     return [
@@ -173,6 +213,7 @@ def fipframe_register_adapters() -> list[Spec]:
         Spec("vgg11", VGG11Config, build_vgg, "torchvision VGG11 (BN by default)"),
         Spec("vgg16", VGG16Config, build_vgg, "torchvision VGG16 (BN by default)"),
         Spec("resnet18", ResNet18Config, build_resnet18, "torchvision ResNet-18"),
+        Spec("vit", ViTConfig, build_vit, "torchvision VisionTransformer, small configuration"),
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from fipframe.core.configs import PluginConfig
 from fipframe.data.mnist import load_mnist
 from fipframe.data.task import Split, Task, TaskSequence, class_split
+from fipframe.errors import ConfigError
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
 
@@ -26,6 +27,11 @@ class SplitMNISTConfig(PluginConfig):
     download: bool = Field(True, description="let torchvision download when files are missing")
     train_limit: int | None = Field(None, ge=1, description="cap on training examples per task")
     eval_limit: int | None = Field(None, ge=1, description="cap on val/test examples per task")
+    scenario: Literal["class", "task"] = Field(
+        "class",
+        description="class: one head, argmax over every class; task: the task is known, only "
+        "its classes' logits compete (in training and evaluation)",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -55,6 +61,7 @@ def build_split_mnist(cfg: SplitMNISTConfig, *, seed: int) -> TaskSequence:
         num_classes=10,
         train_limit=cfg.train_limit,
         eval_limit=cfg.eval_limit,
+        scenario=cfg.scenario,
     )
 
 
@@ -95,6 +102,135 @@ def build_permuted_mnist(cfg: PermutedMNISTConfig, *, seed: int) -> TaskSequence
     return TaskSequence("permuted_mnist", tasks, (1, 28, 28), 10)
 
 
+class _SplitConfig(PluginConfig):
+    """Fields shared by the class-split sequences read from files."""
+
+    root: str = Field("~/.cache/fipframe/data", description="directory of the dataset files")
+    download: bool = Field(True, description="let torchvision download when files are missing")
+    train_limit: int | None = Field(None, ge=1, description="cap on training examples per task")
+    eval_limit: int | None = Field(None, ge=1, description="cap on val/test examples per task")
+    scenario: Literal["class", "task"] = Field(
+        "class", description="class- or task-incremental (see split_mnist)"
+    )
+
+
+def _groups(tasks: list[list[int]] | None, n_tasks: int, classes: int) -> list[list[int]]:
+    if tasks is not None:
+        flat = [c for t in tasks for c in t]
+        if any(not 0 <= c < classes for c in flat) or len(set(flat)) != len(flat):
+            raise ValueError(f"tasks must use distinct classes from 0..{classes - 1}")
+        return tasks
+    if classes % n_tasks:
+        raise ValueError(f"n_tasks must divide the {classes} classes")
+    per = classes // n_tasks
+    return [list(range(i * per, (i + 1) * per)) for i in range(n_tasks)]
+
+
+class SplitCIFAR10Config(_SplitConfig):
+    kind: Literal["split_cifar10"] = "split_cifar10"
+    n_tasks: int = Field(5, ge=1, le=10, description="equal class groups 0.., 2.., ...")
+    tasks: list[list[int]] | None = Field(None, description="explicit class groups instead")
+
+    @field_validator("tasks")
+    @classmethod
+    def _check(cls, tasks: list[list[int]] | None) -> list[list[int]] | None:
+        return None if tasks is None else _groups(tasks, 1, 10)
+
+
+class SplitCIFAR100Config(_SplitConfig):
+    kind: Literal["split_cifar100"] = "split_cifar100"
+    n_tasks: int = Field(10, ge=1, le=100, description="equal class groups of the 100 classes")
+    tasks: list[list[int]] | None = Field(None, description="explicit class groups instead")
+
+    @field_validator("tasks")
+    @classmethod
+    def _check(cls, tasks: list[list[int]] | None) -> list[list[int]] | None:
+        return None if tasks is None else _groups(tasks, 1, 100)
+
+
+def _build_cifar(classes: int):
+    def build(cfg: Any, *, seed: int) -> TaskSequence:
+        from fipframe.data.vision import load_cifar
+
+        try:
+            groups = _groups(cfg.tasks, cfg.n_tasks, classes)
+        except ValueError as exc:
+            raise ConfigError(f"data.n_tasks: {exc}") from None
+        train, val, test = load_cifar(classes, cfg.root, cfg.download)
+        return class_split(
+            f"split_cifar{classes}",
+            train,
+            val,
+            test,
+            groups,
+            num_classes=classes,
+            train_limit=cfg.train_limit,
+            eval_limit=cfg.eval_limit,
+            scenario=cfg.scenario,
+        )
+
+    return build
+
+
+class MNISTFashionConfig(_SplitConfig):
+    kind: Literal["mnist_fmnist"] = "mnist_fmnist"
+    source: Literal["auto", "hub", "torchvision"] = Field(
+        "auto", description="where MNIST comes from (see split_mnist)"
+    )
+
+
+def build_mnist_fmnist(cfg: MNISTFashionConfig, *, seed: int) -> TaskSequence:
+    """Two tasks: MNIST digits (labels 0-9), then Fashion-MNIST (labels 10-19), one 20-way head."""
+    from fipframe.data.vision import load_fashion_mnist
+
+    mnist = load_mnist(cfg.source, cfg.root, cfg.download)
+    fashion = load_fashion_mnist(cfg.root, cfg.download)
+    tasks = []
+    for name, splits, offset in (("mnist", mnist, 0), ("fmnist", fashion, 10)):
+        parts = []
+        for split, limit in zip(
+            splits, (cfg.train_limit, cfg.eval_limit, cfg.eval_limit), strict=True
+        ):
+            n = len(split) if limit is None else min(limit, len(split))
+            parts.append(Split(split.x[:n], split.y[:n] + offset))
+        tasks.append(Task(name, tuple(range(offset, offset + 10)), *parts))
+    return TaskSequence("mnist_fmnist", tasks, (1, 28, 28), 20, scenario=cfg.scenario)
+
+
+class NpzConfig(PluginConfig):
+    kind: Literal["npz"] = "npz"
+    path: str = Field(description=".npz with x_train, y_train, x_test, y_test [, x_val, y_val]")
+    tasks: list[list[int]] = Field(min_length=1, description="classes of each task")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="share of x_train held out when the file has no x_val"
+    )
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+    scenario: Literal["class", "task"] = "class"
+
+
+def build_npz(cfg: NpzConfig, *, seed: int) -> TaskSequence:
+    from fipframe.data.vision import load_npz
+
+    train, val, test = load_npz(cfg.path, cfg.val_fraction)
+    classes = int(max(int(train.y.max()), int(test.y.max()))) + 1
+    if wrong := sorted({c for t in cfg.tasks for c in t} - set(range(classes))):
+        raise ConfigError(
+            f"data.tasks: classes {wrong} do not occur in {cfg.path} (0..{classes - 1})"
+        )
+    return class_split(
+        "npz",
+        train,
+        val,
+        test,
+        cfg.tasks,
+        num_classes=classes,
+        train_limit=cfg.train_limit,
+        eval_limit=cfg.eval_limit,
+        scenario=cfg.scenario,
+    )
+
+
 @hookimpl
 def fipframe_register_datasets() -> list[Spec]:
     return [
@@ -105,4 +241,15 @@ def fipframe_register_datasets() -> list[Spec]:
             build_permuted_mnist,
             "MNIST under a fixed pixel permutation per task (10 shared classes)",
         ),
+        Spec("split_cifar10", SplitCIFAR10Config, _build_cifar(10), "CIFAR-10 split by classes"),
+        Spec(
+            "split_cifar100", SplitCIFAR100Config, _build_cifar(100), "CIFAR-100 split by classes"
+        ),
+        Spec(
+            "mnist_fmnist",
+            MNISTFashionConfig,
+            build_mnist_fmnist,
+            "MNIST, then Fashion-MNIST (20 classes, one head)",
+        ),
+        Spec("npz", NpzConfig, build_npz, "your arrays from an .npz file, split by classes"),
     ]

@@ -24,14 +24,24 @@ from fipframe.errors import ConfigError
 
 MEAN, STD = 0.1307, 0.3081
 Source = Literal["auto", "hub", "torchvision"]
-_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),  # written by numpy >= 2
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
 
 
 class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # type: ignore[override]
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        if module == "numpy.core.multiarray":
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             try:
                 from numpy._core import multiarray
             except ImportError:  # numpy < 2

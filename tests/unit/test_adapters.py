@@ -42,9 +42,10 @@ def test_builds_forwards_and_steps(kind):
         return Terms(ce, metric.divergence(logits, ref).mean(), {})
 
     integ = Penalty(PenaltyConfig(lr=1e-3))
-    new, _, stats = integ.step(
-        params, integ.init(params), StepProblem(evaluate, Euclidean(), metric, 0.0)
-    )
+    problem = StepProblem(evaluate, Euclidean(), metric, 0.0)
+    # two steps: torchvision's ViT starts with a zero head, so only the head moves at first
+    new, state, stats = integ.step(params, integ.init(params), problem)
+    new, _, stats = integ.step(new, state, problem)
     assert math.isfinite(stats["loss/total"].item())
     moved = sub_tree(new, params)
     assert all(v.abs().max() > 0 for v in moved.values()), "some parameter did not move"
@@ -63,3 +64,10 @@ def test_traversable_and_frozen_globs():
     assert adapter.names == ("3.weight",)
     with pytest.raises(ConfigError, match="match no parameter"):
         build("mlp", hidden=[8], traversable=("conv*",))
+
+
+def test_vit_checks_its_shape_fields():
+    with pytest.raises(ConfigError, match=r"model.patch_size: 5 must divide"):
+        build("vit", patch_size=5)
+    with pytest.raises(ConfigError, match=r"model.hidden: 30 is not a multiple of heads"):
+        build("vit", hidden=30, heads=4)
