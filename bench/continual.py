@@ -27,6 +27,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTES = "## What we learned"
 GRAD = {"kind": "gradient", "lr": 1e-3}
 
 # objectives (and step rule) of every stage after the first; the first stage is task_ce alone
@@ -81,7 +82,14 @@ SEQUENCES = {
 }
 
 
-def config(sequence: str, method: str, seed: int, steps: int, memory: int) -> dict:
+def config(
+    sequence: str,
+    method: str,
+    seed: int,
+    steps: int,
+    memory: int,
+    selection: str = "class_balanced",
+) -> dict:
     seq = SEQUENCES[sequence]
     data = seq["data"]
     n = len(data["tasks"]) if "tasks" in data else data["n_tasks"]
@@ -108,17 +116,25 @@ def config(sequence: str, method: str, seed: int, steps: int, memory: int) -> di
         "name": f"{sequence}-s{seed}",
         "model": {"kind": "mlp", "hidden": [400, 400]},
         "data": data,
-        "memory": {"size": memory, "selection": "class_balanced"},
+        "memory": {"size": memory, "selection": selection},
         "run": {"seed": seed, "chunk": steps, "progress": "off"},
         "stages": [first, *later],
     }
 
 
-def worker(sequence: str, method: str, seed: int, steps: int, memory: int, out: str) -> None:
+def worker(
+    sequence: str,
+    method: str,
+    seed: int,
+    steps: int,
+    memory: int,
+    out: str,
+    selection: str = "class_balanced",
+) -> None:
     import fipframe
 
     t0 = time.perf_counter()
-    result = fipframe.run(config(sequence, method, seed, steps, memory))
+    result = fipframe.run(config(sequence, method, seed, steps, memory, selection))
     wall = time.perf_counter() - t0
     ends = [r for r in result.records if r["kind"] == "stage_end"]
     times = [b["time"] - a["time"] for a, b in zip(ends, ends[1:], strict=False)]
@@ -146,15 +162,21 @@ def main() -> None:
     ap.add_argument("--sequences", nargs="+", default=list(SEQUENCES), choices=list(SEQUENCES))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--memory", type=int, default=500)
+    ap.add_argument(
+        "--selection", default="class_balanced", choices=["class_balanced", "random", "reservoir"]
+    )
     ap.add_argument("--steps", type=int, default=None, help="steps per task (default per sequence)")
     ap.add_argument("--out", default=str(ROOT / "docs/results/continual.md"))
     ap.add_argument("--raw", default=str(ROOT / "runs/continual.json"))
-    ap.add_argument("--worker", nargs=6, metavar=("SEQ", "METHOD", "SEED", "STEPS", "MEM", "OUT"))
+    ap.add_argument(
+        "--worker", nargs=7, metavar=("SEQ", "METHOD", "SEED", "STEPS", "MEM", "SEL", "OUT")
+    )
     args = ap.parse_args()
     if args.worker:
-        seq, method, seed, steps, memory, out = args.worker
-        worker(seq, method, int(seed), int(steps), int(memory), out)
+        seq, method, seed, steps, memory, selection, out = args.worker
+        worker(seq, method, int(seed), int(steps), int(memory), out, selection)
         return
+    suffix = "" if args.selection == "class_balanced" else f"|{args.selection}"
 
     raw_path = Path(args.raw)
     raw: dict = json.loads(raw_path.read_text()) if raw_path.exists() else {}
@@ -165,12 +187,12 @@ def main() -> None:
             for method in args.methods:
                 if method in SEQUENCES[sequence]["skip"]:
                     continue
-                key = f"{sequence}|{method}|{seed}|{steps}|{args.memory}"
+                key = f"{sequence}|{method}|{seed}|{steps}|{args.memory}{suffix}"
                 if key in raw:
                     continue  # finished in an earlier invocation (the bench resumes)
                 out = tmp / "one.json"
                 cmd = [sys.executable, __file__, "--worker", sequence, method, str(seed)]
-                cmd += [str(steps), str(args.memory), str(out)]
+                cmd += [str(steps), str(args.memory), args.selection, str(out)]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONHASHSEED="0"))
                 raw[key] = json.loads(out.read_text())
@@ -182,7 +204,7 @@ def main() -> None:
                     f"{time.perf_counter() - t0:6.1f} s",
                     flush=True,
                 )
-    write_report(raw, args)
+    write_report({k: v for k, v in raw.items() if k.count("|") == 4 + bool(suffix)}, args)
 
 
 def write_report(raw: dict, args: argparse.Namespace) -> None:
@@ -191,13 +213,13 @@ def write_report(raw: dict, args: argparse.Namespace) -> None:
     lines = [
         "# Continual learning: every method in one framework",
         "",
-        f"Command: `python bench/continual.py --seeds {' '.join(map(str, args.seeds))}`. "
+        f"Command: `{' '.join(['python bench/continual.py', *sys.argv[1:]])}`. "
         f"Machine: {os.cpu_count()} CPU threads ({platform.machine()}), torch {torch.__version__}, "
         f"no GPU. Date: {date.today().isoformat()}.",
         "",
         "MLP 784-400-400-10, Adam 1e-3, batch 128 new examples per step (+128 stored where a "
         f"method uses the memory), memory {args.memory} examples shared by every method "
-        "(class-balanced, equal share per earlier task; FIP reads the stored inputs only, ER and "
+        f"({args.selection.replace('_', '-')} selection; FIP reads the stored inputs only, ER and "
         "DER++ also their labels, DER++ the outputs recorded when they were stored). Every method "
         "starts the second task from the same first-task network. Mean +- std over seeds of "
         "test accuracy (%): ACC = average over all tasks after the last, BWT = backward "
@@ -218,7 +240,7 @@ def write_report(raw: dict, args: argparse.Namespace) -> None:
                 raw[k]
                 for k in raw
                 if k.split("|")[:2] == [sequence, method]
-                and k.split("|")[3:] == [str(steps), str(args.memory)]
+                and k.split("|")[3:5] == [str(steps), str(args.memory)]
                 and int(k.split("|")[2]) in args.seeds
             ]
             if not runs:
@@ -237,7 +259,13 @@ def write_report(raw: dict, args: argparse.Namespace) -> None:
                 f"| {mean_std([r['peak_rss_mib'] for r in runs])[0]:.0f} |"
             )
         lines.append("")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    # the hand-written analysis below the tables survives a re-run
+    kept = ""
+    if out.exists() and NOTES in out.read_text():
+        kept = NOTES + out.read_text().split(NOTES, 1)[1]
+    lines += ["![average accuracy over the tasks seen so far](../img/continual.png)", ""]
+    out.write_text("\n".join(lines) + "\n" + kept)
     print(f"wrote {args.out}")
     plot(raw, args)
 
@@ -259,7 +287,7 @@ def plot(raw: dict, args: argparse.Namespace) -> None:
                 raw[k]["matrix"]
                 for k in raw
                 if k.split("|")[:2] == [sequence, method]
-                and k.split("|")[3:] == [str(steps), str(args.memory)]
+                and k.split("|")[3:5] == [str(steps), str(args.memory)]
                 and int(k.split("|")[2]) in args.seeds
             ]
             if not runs:
