@@ -61,7 +61,9 @@ def fipframe_register_integrators() -> list[Spec]:
     """Return path-integrator specs (the step rule).
 
     Factory signature: ``factory(config) -> fipframe.core.PathIntegrator``. Declare
-    ``capabilities={"needs_metric"}`` if the step uses the metric's divergence.
+    ``capabilities={"needs_metric"}`` if the step uses the metric's divergence, and
+    ``"metric:<ability>"`` (``solve``, ``spectrum``, ``diag``, ``mvp``) for each ability it needs
+    from the metric class; ``fipframe validate`` checks the metric declares it.
 
     Example::
 

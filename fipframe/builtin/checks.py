@@ -7,13 +7,21 @@ from typing import Any
 from fipframe.plugins import hookimpl
 from fipframe.registry import Registry
 
-_MEMORY_OBJECTIVES = {"replay_ce"}
+_MEMORY_OBJECTIVES = {"replay_ce", "der"}
+
+
+def _n_tasks(data: Any) -> int | None:
+    """How many tasks the data config makes, if it says (explicit class groups win)."""
+    tasks = getattr(data, "tasks", None)
+    if isinstance(tasks, list):
+        return len(tasks)
+    return getattr(data, "n_tasks", None)
 
 
 @hookimpl
 def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
     problems: list[str] = []
-    n_tasks = getattr(config.data, "n_tasks", None)
+    n_tasks = _n_tasks(config.data)
     for where, stages in config.all_stages():
         names = [s.name for s in stages]
         for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -27,6 +35,17 @@ def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
                     f"{path}.metric: integrator {stage.integrator.kind!r} needs a metric "
                     f"(one of: {', '.join(registry.kinds('metric'))})"
                 )
+            if stage.metric is not None:
+                # "metric:<ability>" in an integrator's spec: the metric class must declare it
+                factory = registry.spec("metric", stage.metric.kind).factory
+                has = getattr(factory, "capabilities", None)
+                wanted = sorted(c.split(":", 1)[1] for c in caps if c.startswith("metric:"))
+                if has is not None and (missing := [c for c in wanted if c not in has]):
+                    problems.append(
+                        f"{path}.metric: integrator {stage.integrator.kind!r} needs a metric "
+                        f"with {', '.join(missing)}; metric {stage.metric.kind!r} declares "
+                        f"{', '.join(sorted(has)) or 'none'}"
+                    )
             if not needs_metric and stage.metric is not None:
                 problems.append(
                     f"{path}.metric: integrator {stage.integrator.kind!r} does not use a metric; "

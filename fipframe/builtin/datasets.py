@@ -178,6 +178,10 @@ class MNISTFashionConfig(_SplitConfig):
         "auto", description="where MNIST comes from (see split_mnist)"
     )
 
+    @property
+    def n_tasks(self) -> int:
+        return 2
+
 
 def build_mnist_fmnist(cfg: MNISTFashionConfig, *, seed: int) -> TaskSequence:
     """Two tasks: MNIST digits (labels 0-9), then Fashion-MNIST (labels 10-19), one 20-way head."""

@@ -144,13 +144,13 @@ def fipframe_register_integrators() -> list[Spec]:
             NaturalConfig,
             Natural,
             "eps step along (g + lambda I)^-1 grad L, solved by CG on stored inputs",
-            capabilities={"needs_metric"},
+            capabilities={"needs_metric", "metric:solve"},
         ),
         Spec(
             "projected",
             ProjectedConfig,
             Projected,
             "eps step along grad L with the top-k eigenspace of g (Lanczos) projected out",
-            capabilities={"needs_metric"},
+            capabilities={"needs_metric", "metric:spectrum"},
         ),
     ]

@@ -12,7 +12,7 @@ Each gives ``D(z, z0)`` per sample and the closed form of its Hessian at zero di
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,6 @@ class KLConfig(OutputMetricConfig):
 
 class KL(Metric):
     """KL(anchor || current) between categorical outputs; its metric is the Fisher."""
-
-    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def reference(self, logits: Tensor) -> Tensor:
         return torch.log_softmax(logits.detach(), dim=-1)

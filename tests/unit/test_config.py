@@ -198,3 +198,55 @@ def test_yaml_off_means_progress_off(tmp_path, tiny, pm):
     path.write_text(yaml.safe_dump(tiny).replace("progress: 'off'", "progress: off"))
     assert "progress: off\n" in path.read_text()
     assert load_config(path, pm=pm).run.progress == "off"
+
+
+def test_step_rule_needs_what_the_metric_declares(tiny):
+    """A metric without a product cannot feed the natural step; validate says so up front."""
+    from typing import Literal
+
+    import fipframe
+    from fipframe.builtin.metrics import KL
+    from fipframe.core import PluginConfig
+    from fipframe.plugins import make_plugin_manager
+    from fipframe.registry import Spec
+
+    class DivergenceOnlyConfig(PluginConfig):
+        kind: Literal["divergence_only"] = "divergence_only"
+
+    class DivergenceOnly(KL):
+        capabilities = frozenset()  # e.g. a divergence with no usable second derivative
+
+    class Plugin:
+        @fipframe.hookimpl
+        def fipframe_register_metrics(self):
+            return [Spec("divergence_only", DivergenceOnlyConfig, DivergenceOnly, "test")]
+
+    pm = make_plugin_manager(plugins=[Plugin()])
+    fip = tiny["branches"]["fip"][0]
+    fip["metric"] = "divergence_only"
+    load_config(tiny, pm=pm)  # the penalty step only needs the divergence
+    fip["integrator"] = {"kind": "natural", "eps": 0.1}
+    with pytest.raises(
+        ConfigError,
+        match=r"branches.fip\[0\].metric: integrator 'natural' needs a "
+        r"metric with solve; metric 'divergence_only' declares none",
+    ):
+        load_config(tiny, pm=pm)
+    fip["metric"] = "kl"
+    load_config(tiny, pm=pm)
+
+
+def test_task_count_comes_from_explicit_groups_and_der_needs_memory(tiny, pm):
+    tiny["data"] = {"kind": "split_cifar10", "tasks": [[0, 1], [2, 3]]}
+    tiny["stages"][0]["task"] = 3
+    with pytest.raises(ConfigError, match=r"stages\[0\].task: 3 is out of range; data has 2 tasks"):
+        load_config(tiny, pm=pm)
+    tiny["data"] = {"kind": "mnist_fmnist"}
+    with pytest.raises(ConfigError, match="data has 2 tasks"):
+        load_config(tiny, pm=pm)
+    tiny["stages"][0]["task"] = 0
+    tiny["memory"]["size"] = 0
+    del tiny["branches"]["fip"]
+    tiny["branches"]["finetune"][0]["objectives"] = ["task_ce", "der"]
+    with pytest.raises(ConfigError, match=r"branches.finetune\[0\]: uses stored inputs"):
+        load_config(tiny, pm=pm)
