@@ -207,6 +207,18 @@ def main() -> None:
     write_report({k: v for k, v in raw.items() if k.count("|") == 4 + bool(suffix)}, args)
 
 
+def _runs(raw: dict, args: argparse.Namespace, sequence: str, method: str) -> list[dict]:
+    """The finished runs of one method on one sequence at this invocation's settings."""
+    steps = args.steps or SEQUENCES[sequence]["steps"]
+    return [
+        v
+        for k, v in raw.items()
+        if k.split("|")[:2] == [sequence, method]
+        and k.split("|")[3:5] == [str(steps), str(args.memory)]
+        and int(k.split("|")[2]) in args.seeds
+    ]
+
+
 def write_report(raw: dict, args: argparse.Namespace) -> None:
     import torch
 
@@ -236,13 +248,7 @@ def write_report(raw: dict, args: argparse.Namespace) -> None:
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for method in args.methods:
-            runs = [
-                raw[k]
-                for k in raw
-                if k.split("|")[:2] == [sequence, method]
-                and k.split("|")[3:5] == [str(steps), str(args.memory)]
-                and int(k.split("|")[2]) in args.seeds
-            ]
+            runs = _runs(raw, args, sequence, method)
             if not runs:
                 continue
 
@@ -279,17 +285,10 @@ def plot(raw: dict, args: argparse.Namespace) -> None:
 
     seqs = args.sequences
     fig, axes = plt.subplots(1, len(seqs), figsize=(6.2 * len(seqs), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, sequence in zip(axes[0], seqs, strict=True):
-        steps = args.steps or SEQUENCES[sequence]["steps"]
-        colours = plt.get_cmap("tab20").colors
         for index, method in enumerate(args.methods):
-            runs = [
-                raw[k]["matrix"]
-                for k in raw
-                if k.split("|")[:2] == [sequence, method]
-                and k.split("|")[3:5] == [str(steps), str(args.memory)]
-                and int(k.split("|")[2]) in args.seeds
-            ]
+            runs = [r["matrix"] for r in _runs(raw, args, sequence, method)]
             if not runs:
                 continue
             n = len(runs[0])

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from fipframe.builtin.objectives import FromMemory
 from fipframe.core.configs import PluginConfig, Scheduled
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
@@ -40,6 +41,14 @@ from fipframe.registry import Spec
 
 def _zero(params: Params) -> Tensor:
     return next(iter(params.values())).new_zeros(())
+
+
+def _quadratic(params: Params, weight: dict[str, Tensor], centre: dict[str, Tensor]) -> Tensor:
+    """``sum_i weight_i (w_i - centre_i)^2``: the penalty of EWC and SI."""
+    out = _zero(params)
+    for name, w in params.items():
+        out = out + (weight[name] * (w - centre[name]).square()).sum()
+    return out
 
 
 def _seen(ctx: StageContext) -> list[int]:
@@ -101,20 +110,31 @@ class EWC(SecondaryObjective):
 
         metric = KL(KLConfig())
         ends = {t: p for t, p in ctx.ends if t is not None}
-        self.terms: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+        names = ctx.adapter.names
+        fishers, anchors = [], []
         for t in _seen(ctx):
             key = f"ewc/{t}/"
-            if key + "fisher/" + ctx.adapter.names[0] not in ctx.carry:
+            if key + "fisher/" + names[0] not in ctx.carry:
                 fisher = self._fisher(ctx, metric, t, ends[t])
-                for name in ctx.adapter.names:
+                for name in names:
                     ctx.carry[f"{key}fisher/{name}"] = fisher[name]
                     ctx.carry[f"{key}anchor/{name}"] = ends[t][name].detach()
-            self.terms.append(
-                (
-                    {n: ctx.carry[f"{key}fisher/{n}"] for n in ctx.adapter.names},
-                    {n: ctx.carry[f"{key}anchor/{n}"] for n in ctx.adapter.names},
-                )
+            fishers.append({n: ctx.carry[f"{key}fisher/{n}"] for n in names})
+            anchors.append({n: ctx.carry[f"{key}anchor/{n}"] for n in names})
+        # sum_t F_t (w - w_t)^2 = A (w - c)^2 + k with A = sum_t F_t, c = sum_t F_t w_t / A:
+        # one quadratic per step however many tasks are behind
+        self.importance: dict[str, Tensor] = {}
+        self.centre: dict[str, Tensor] = {}
+        self.offset = None
+        for n in names if fishers else ():
+            a = sum(f[n] for f in fishers)
+            b = sum(f[n] * w[n] for f, w in zip(fishers, anchors, strict=True))
+            c = torch.where(a > 0, b / a.clamp_min(torch.finfo(a.dtype).tiny), 0.0)
+            k = sum(
+                (f[n] * (w[n] - c).square()).sum() for f, w in zip(fishers, anchors, strict=True)
             )
+            self.importance[n], self.centre[n] = 0.5 * a, c
+            self.offset = 0.5 * k if self.offset is None else self.offset + 0.5 * k
 
     def _fisher(
         self, ctx: StageContext, metric: object, task: int, point: Params
@@ -156,11 +176,9 @@ class EWC(SecondaryObjective):
         return {n: v.square().sum(0) for n, v in grads.items()}
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
-        out = _zero(params)
-        for fisher, anchor in self.terms:
-            for name, w in params.items():
-                out = out + 0.5 * (fisher[name] * (w - anchor[name]).square()).sum()
-        return out
+        if self.offset is None:
+            return _zero(params)
+        return _quadratic(params, self.importance, self.centre) + self.offset
 
 
 # -- SI -------------------------------------------------------------------------------------
@@ -202,12 +220,9 @@ class SI(SecondaryObjective):
             carry[f"si/anchor/{n}"] = end
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
-        out = _zero(params)
         if self.omega is None or self.prev is None:
-            return out
-        for name, w in params.items():
-            out = out + (self.omega[name] * (w - self.prev[name]).square()).sum()
-        return out
+            return _zero(params)
+        return _quadratic(params, self.omega, self.prev)
 
 
 # -- LwF ------------------------------------------------------------------------------------
@@ -226,18 +241,20 @@ class LwF(SecondaryObjective):
         seen = _seen(ctx)
         classes = sorted({c for t in seen for c in ctx.tasks.tasks[t].classes})
         self.classes = torch.tensor(classes, device=ctx.task.train.y.device, dtype=torch.long)
-        self.split, self.adapter, self.anchor = ctx.task.train, ctx.adapter, ctx.anchor
-        # the same batches as task_ce: one teacher forward per step, no extra data
+        self.split = ctx.task.train
+        assert ctx.outputs is not None
+        # the stage start's outputs on the whole task, once (eval mode, like every anchor)
+        self.teacher = ctx.outputs(ctx.anchor, self.split.x)[:, self.classes] if classes else None
+        # the same batches as task_ce: no extra data
         self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
         self._teacher: Tensor | None = None
 
     def sample(self, step: int) -> Batch | None:
-        if not len(self.classes):
+        if self.teacher is None:
             return None
-        x = self.split.x[self.sampler.indices(step)]
-        with torch.no_grad():
-            self._teacher = self.adapter.forward(self.anchor, x)[:, self.classes]
-        return Batch(x)
+        idx = self.sampler.indices(step)
+        self._teacher = self.teacher[idx]
+        return Batch(self.split.x[idx])
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         if logits is None or self._teacher is None:
@@ -254,29 +271,18 @@ class DERConfig(PluginConfig):
     weight: Scheduled = Field(0.5, description="alpha: weight of the logit-matching term")
 
 
-class DER(SecondaryObjective):
+class DER(FromMemory):
     """Mean squared error to the logits recorded when each stored input entered the memory."""
 
     def bind(self, ctx: StageContext) -> None:
-        self.memory = ctx.memory
         if len(ctx.memory) and ctx.memory.logits is None:
             raise TraversalError("objective der needs outputs recorded with the memory")
-        self.sampler = (
-            ctx.sampler("der", len(ctx.memory), ctx.memory_batch) if len(ctx.memory) else None
-        )
-        self._target: Tensor | None = None
-
-    def sample(self, step: int) -> Batch | None:
-        if self.sampler is None:
-            return None
-        idx = self.sampler.indices(step)
-        self._target = self.memory.logits[idx]  # type: ignore[index]
-        return Batch(self.memory.inputs[idx])  # type: ignore[index]
+        super().bind(ctx)
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
-        if logits is None or self._target is None:
+        if logits is None or self.idx is None:
             return _zero(params)
-        return F.mse_loss(logits, self._target)
+        return F.mse_loss(logits, self.memory.logits[self.idx])  # type: ignore[index]
 
 
 @hookimpl

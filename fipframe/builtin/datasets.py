@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -126,26 +126,27 @@ def _groups(tasks: list[list[int]] | None, n_tasks: int, classes: int) -> list[l
     return [list(range(i * per, (i + 1) * per)) for i in range(n_tasks)]
 
 
-class SplitCIFAR10Config(_SplitConfig):
+class _SplitCIFARConfig(_SplitConfig):
+    classes: ClassVar[int]
+    n_tasks: int
+    tasks: list[list[int]] | None = Field(None, description="explicit class groups instead")
+
+    @field_validator("tasks")
+    @classmethod
+    def _check(cls, tasks: list[list[int]] | None) -> list[list[int]] | None:
+        return None if tasks is None else _groups(tasks, 1, cls.classes)
+
+
+class SplitCIFAR10Config(_SplitCIFARConfig):
+    classes: ClassVar[int] = 10
     kind: Literal["split_cifar10"] = "split_cifar10"
     n_tasks: int = Field(5, ge=1, le=10, description="equal class groups 0.., 2.., ...")
-    tasks: list[list[int]] | None = Field(None, description="explicit class groups instead")
-
-    @field_validator("tasks")
-    @classmethod
-    def _check(cls, tasks: list[list[int]] | None) -> list[list[int]] | None:
-        return None if tasks is None else _groups(tasks, 1, 10)
 
 
-class SplitCIFAR100Config(_SplitConfig):
+class SplitCIFAR100Config(_SplitCIFARConfig):
+    classes: ClassVar[int] = 100
     kind: Literal["split_cifar100"] = "split_cifar100"
     n_tasks: int = Field(10, ge=1, le=100, description="equal class groups of the 100 classes")
-    tasks: list[list[int]] | None = Field(None, description="explicit class groups instead")
-
-    @field_validator("tasks")
-    @classmethod
-    def _check(cls, tasks: list[list[int]] | None) -> list[list[int]] | None:
-        return None if tasks is None else _groups(tasks, 1, 100)
 
 
 def _build_cifar(classes: int):

@@ -52,29 +52,34 @@ class ReplayCEConfig(PluginConfig):
     weight: Scheduled = Field(1.0, description="weight beta of this term")
 
 
-class ReplayCE(SecondaryObjective):
-    """Cross-entropy on labelled examples stored from earlier tasks (ER)."""
+class FromMemory(SecondaryObjective):
+    """Base of objectives on stored examples: its own batches of the memory, named by kind."""
 
     def bind(self, ctx: StageContext) -> None:
         self.memory = ctx.memory
-        self.sampler = (
-            ctx.sampler("replay_ce", len(ctx.memory), ctx.memory_batch) if len(ctx.memory) else None
-        )
-        self.tasks, self.table = ctx.tasks, ctx.tasks.class_table()
-        self._ids: Tensor | None = None
+        n = len(ctx.memory)
+        self.sampler = ctx.sampler(self.config.kind, n, ctx.memory_batch) if n else None
+        self.idx: Tensor | None = None  # this step's rows of the memory
 
     def sample(self, step: int) -> Batch | None:
         if self.sampler is None:
             return None
-        idx = self.sampler.indices(step)
-        self._ids = self.memory.task_ids[idx]  # type: ignore[index]
-        return Batch(self.memory.inputs[idx], self.memory.targets[idx])  # type: ignore[index]
+        self.idx = self.sampler.indices(step)
+        return Batch(self.memory.inputs[self.idx], self.memory.targets[self.idx])  # type: ignore[index]
+
+
+class ReplayCE(FromMemory):
+    """Cross-entropy on labelled examples stored from earlier tasks (ER)."""
+
+    def bind(self, ctx: StageContext) -> None:
+        super().bind(ctx)
+        self.tasks, self.table = ctx.tasks, ctx.tasks.class_table()
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
-        if logits is None or batch is None:
+        if logits is None or batch is None or self.idx is None:
             return next(iter(params.values())).new_zeros(())
-        assert self._ids is not None
-        return F.cross_entropy(self.tasks.restrict(logits, self._ids, self.table), batch.targets)
+        ids = self.memory.task_ids[self.idx]  # type: ignore[index]
+        return F.cross_entropy(self.tasks.restrict(logits, ids, self.table), batch.targets)
 
 
 @hookimpl

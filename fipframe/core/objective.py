@@ -60,6 +60,9 @@ class StageContext:
     metric: Any = None
     #: index of ``task`` in ``tasks`` (None for a stage without a task)
     task_index: int | None = None
+    #: ``outputs(params, inputs)``: logits in eval mode, batched, without gradients (the way
+    #: the engine computes every anchor output)
+    outputs: Callable[[Params, Tensor], Tensor] | None = None
 
 
 class SecondaryObjective(ABC):

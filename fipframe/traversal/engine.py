@@ -109,6 +109,7 @@ class Traversal:
             globs = tuple(getattr(config.model, "traversable", ("*",)))
             self.adapter = pm.hook.fipframe_resolve_adapter(model=model, traversable=globs)
         self.adapter.to(self.device, self.dtype)
+        self._class_table = self.tasks.class_table()
         self.mode_dependent = any(
             isinstance(m, _MODE_DEPENDENT) for m in self.adapter.model.modules()
         )
@@ -282,6 +283,7 @@ class Traversal:
             carry,
             metric,
             cfg.task,
+            self._logits,
         )
         for objective in objectives:
             objective.bind(ctx)
@@ -555,7 +557,7 @@ class Traversal:
 
     def _evaluate(self, params: Params, current: int | None) -> dict[str, float]:
         names, values = [], []
-        table = self.tasks.class_table()
+        table = self._class_table
         for split in ("val", "test"):
             for i, task in enumerate(self.tasks.tasks):
                 data = getattr(task, split)

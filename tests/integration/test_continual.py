@@ -239,3 +239,39 @@ def test_fip_keeps_the_old_task_on_a_cnn_and_a_vision_transformer(tiny, tmp_path
     assert old["fip"] > old["finetune"] + 0.3, old
     # the new task is learned at a comparable pace (the small ViT learns slowly either way)
     assert new["fip"] > 0.75 * new["finetune"] and new["finetune"] > 0.6, new
+
+
+def test_ewc_folds_every_task_into_one_quadratic_without_changing_it():
+    """sum_t 1/2 F_t (w - w_t)^2, evaluated as one completed square, value and gradient."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    shapes = {"a": (5, 3), "b": (4,)}
+    carry = {}
+    for t in range(3):
+        for n, shape in shapes.items():
+            fisher = torch.rand(shape, dtype=torch.float64)
+            fisher[0] = 0  # parameters no task cares about
+            carry[f"ewc/{t}/fisher/{n}"] = fisher
+            carry[f"ewc/{t}/anchor/{n}"] = torch.randn(shape, dtype=torch.float64)
+    ctx = SimpleNamespace(
+        ends=[(t, None) for t in range(3)],
+        carry=carry,
+        adapter=SimpleNamespace(names=tuple(shapes)),
+    )
+    ewc = EWC(EWCConfig())
+    ewc.bind(ctx)
+    w = {n: torch.randn(s, dtype=torch.float64, requires_grad=True) for n, s in shapes.items()}
+    want = sum(
+        0.5 * (carry[f"ewc/{t}/fisher/{n}"] * (w[n] - carry[f"ewc/{t}/anchor/{n}"]).square()).sum()
+        for t in range(3)
+        for n in shapes
+    )
+    got = ewc.loss(w, None, None)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(
+        torch.autograd.grad(got, list(w.values())),
+        torch.autograd.grad(want, list(w.values())),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
