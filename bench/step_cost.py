@@ -119,7 +119,7 @@ def main() -> None:
     runners = {}
     for name in ("replay", "fip"):
         stage = config.branches[name][0]
-        st = trav._build_stage(name, 0, stage, params0, memory)
+        st = trav._build_stage(name, 0, stage, params0, memory, [], {})
         box = {"p": params0, "s": st.integrator.init(params0), "t": 0}
 
         def step(st=st, box=box, stage=stage):

@@ -1,4 +1,4 @@
-"""``fipframe run | validate | schema | plugins | presets | report``.
+"""``fipframe run | validate | schema | plugins | presets | report | export``.
 
 Configuration problems print one line each and exit with 2, without a traceback.
 Ctrl-C during a run exits with 130 and prints how to resume.
@@ -110,6 +110,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fipframe.traversal.export import export
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "export"
+    report = export(
+        args.run_dir,
+        out,
+        branch=args.branch,
+        stage=args.stage,
+        structured=args.structured,
+        pm=args.pm,
+    )
+    acc = report["test_accuracy"]
+    print(
+        f"{report['branch']}/{report['stage']}: {report['params_nonzero']:,} of "
+        f"{report['params_total']:,} parameters nonzero; masked tensors "
+        f"{100 * report['masked_sparsity']:.2f}% zero"
+        + (f"; test accuracy {100 * acc:.2f}%" if acc is not None else "")
+    )
+    if "structured" in report:
+        st = report["structured"]
+        print(
+            f"structured: {st['params_total']:,} parameters after removing pruned units; "
+            f"forward {st['forward_ms_masked']:.2f} -> {st['forward_ms_structured']:.2f} ms "
+            f"per batch; max output difference {st['max_output_difference']:.2e}"
+        )
+    print(f"written to {out}")
+    return 0
+
+
 def parser(pm: Any) -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fipframe", description="functionally invariant paths")
     from fipframe import __version__
@@ -146,6 +176,15 @@ def parser(pm: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="table and plot of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="write the sparse network at the end of a branch")
+    p.add_argument("run_dir")
+    p.add_argument("--branch", help="branch to export (default: the last one run)")
+    p.add_argument("--stage", help="stage of that branch (default: its last)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/export)")
+    p.add_argument(
+        "--structured", action="store_true", help="also remove fully pruned units (smaller model)"
+    )
+    p.set_defaults(func=cmd_export)
     pm.hook.fipframe_add_commands(subparsers=sub)
     return top
 

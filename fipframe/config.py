@@ -23,8 +23,10 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
+from fipframe.core.sparsity import SparsityConfig
 from fipframe.errors import ConfigError
 from fipframe.registry import Registry, did_you_mean
 
@@ -61,6 +63,12 @@ class RunSettings(_Frozen):
         "auto", description="auto: a bar on a terminal, periodic lines otherwise"
     )
     max_rollbacks: int = Field(4, ge=0, description="halvings of the step after non-finite values")
+    bn_batches: int = Field(
+        16,
+        ge=0,
+        description="training batches that recompute BatchNorm statistics when the weights jump "
+        "(hard pruning, rewinding, a branch start, resume); 0: never",
+    )
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -85,7 +93,7 @@ class StageBase(_Frozen):
 
     name: str = Field(pattern=NAME, description="unique within its branch")
     task: int | None = Field(None, ge=0, description="index of the task learned in this stage")
-    steps: int = Field(ge=1, description="number of steps")
+    steps: int = Field(ge=0, description="number of steps (0 only for a stage that prunes)")
     batch_size: int = Field(128, ge=1, description="task examples per step")
     memory_batch: int = Field(128, ge=1, description="stored examples per step (replay, metric)")
     anchor: Literal["stage_start", "stored"] = Field(
@@ -93,6 +101,24 @@ class StageBase(_Frozen):
         description="outputs the metric preserves: the stage's first point's (FIP), or those "
         "recorded when each input was stored (stored logits, as in DER)",
     )
+    prune: SparsityConfig | None = Field(
+        None,
+        description="hard magnitude pruning: masks set every `prune.every` steps along the "
+        "schedule and at the stage end at `prune.sparsity`; pruned weights stay zero on the "
+        "rest of the path",
+    )
+    start_from: str | None = Field(
+        None,
+        pattern=NAME,
+        description="start from the end point of this earlier stage of the path instead of the "
+        "last point (lottery-ticket rewinding); masks stay",
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_prune(self) -> StageBase:
+        if self.steps == 0 and self.prune is None:
+            raise ValueError("steps: 0 is allowed only for a stage that prunes (set prune:)")
+        return self
 
 
 class RunBase(_Frozen):

@@ -35,6 +35,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fipframe.builtin.manifolds",
     "fipframe.builtin.metrics",
     "fipframe.builtin.integrators",
+    "fipframe.builtin.sparsity",
     "fipframe.builtin.geometry",
     "fipframe.builtin.objectives",
     "fipframe.builtin.continual",

@@ -17,6 +17,7 @@ from torch import nn
 
 from fipframe.core.adapter import ArchitectureAdapter
 from fipframe.core.configs import PluginConfig
+from fipframe.core.sparsity import attention_groups, block_groups, sequential_groups
 from fipframe.errors import ConfigError
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -29,9 +30,15 @@ class AdapterConfig(PluginConfig):
     frozen: tuple[str, ...] = Field((), description="globs excluded from traversable")
 
 
-def _adapt(model: nn.Module, cfg: AdapterConfig, num_classes: int) -> ArchitectureAdapter:
+def _adapt(
+    model: nn.Module, cfg: AdapterConfig, num_classes: int, groups: Any = sequential_groups
+) -> ArchitectureAdapter:
     return ArchitectureAdapter(
-        model, traversable=cfg.traversable, frozen=cfg.frozen, num_classes=num_classes
+        model,
+        traversable=cfg.traversable,
+        frozen=cfg.frozen,
+        num_classes=num_classes,
+        prune_groups=groups,
     )
 
 
@@ -162,7 +169,7 @@ def build_resnet18(
         net.maxpool = nn.Identity()
     elif input_shape[0] != 3:
         net.conv1 = nn.Conv2d(input_shape[0], 64, 7, stride=2, padding=3, bias=False)
-    return _adapt(net, cfg, num_classes)
+    return _adapt(net, cfg, num_classes, block_groups)
 
 
 class ViTConfig(AdapterConfig):
@@ -201,7 +208,7 @@ def build_vit(
     )
     if c != 3:
         net.conv_proj = nn.Conv2d(c, cfg.hidden, cfg.patch_size, stride=cfg.patch_size)
-    return _adapt(net, cfg, num_classes)
+    return _adapt(net, cfg, num_classes, attention_groups)
 
 
 @hookimpl

@@ -22,12 +22,20 @@ def _n_tasks(data: Any) -> int | None:
 def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
     problems: list[str] = []
     n_tasks = _n_tasks(config.data)
+    trunk = [s.name for s in config.stages]
     for where, stages in config.all_stages():
+        before = [] if where == "stages" else list(trunk)
         names = [s.name for s in stages]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             problems.append(f"{where}: stage name {dup!r} is used twice")
         for i, stage in enumerate(stages):
             path = f"{where}[{i}]"
+            if stage.start_from is not None and stage.start_from not in before:
+                problems.append(
+                    f"{path}.start_from: {stage.start_from!r} is not a stage before this one on "
+                    f"its path (earlier stages: {', '.join(before) or 'none'})"
+                )
+            before.append(stage.name)
             caps = registry.spec("integrator", stage.integrator.kind).capabilities
             needs_metric = "needs_metric" in caps
             if needs_metric and stage.metric is None:

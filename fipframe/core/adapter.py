@@ -9,13 +9,17 @@ never mutate the module. Tied weights appear once (``named_parameters`` de-dupli
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from fipframe.core.params import Params
 from fipframe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fipframe.core.sparsity import PruneGroup
 
 
 class ArchitectureAdapter:
@@ -27,6 +31,8 @@ class ArchitectureAdapter:
         traversable: glob patterns over parameter names that the path may move.
         frozen: glob patterns excluded from ``traversable``.
         num_classes: size of the output (for reporting).
+        prune_groups: ``model -> [PruneGroup]``, the units structured pruning may remove
+            (see :mod:`fipframe.core.sparsity` for ready-made ones).
     """
 
     def __init__(
@@ -36,8 +42,10 @@ class ArchitectureAdapter:
         traversable: Sequence[str] = ("*",),
         frozen: Sequence[str] = (),
         num_classes: int | None = None,
+        prune_groups: Callable[[nn.Module], list[PruneGroup]] | None = None,
     ):
         self.model = model
+        self._prune_groups = prune_groups
         self.num_classes = num_classes
         names = [n for n, _ in model.named_parameters()]
         chosen = [
@@ -83,6 +91,7 @@ class ArchitectureAdapter:
         logits = getattr(out, "logits", out)
         return logits
 
-    def prune_groups(self) -> list[list[str]]:
-        """Groups of parameter names pruned together (structured pruning). None by default."""
-        return []
+    def prune_groups(self) -> list[PruneGroup]:
+        """Units pruned together (structured pruning); none unless the adapter was given a
+        ``prune_groups`` function. Read from the module each time, so they follow its shapes."""
+        return self._prune_groups(self.model) if self._prune_groups is not None else []

@@ -73,6 +73,8 @@ class SecondaryObjective(ABC):
     """
 
     observes_steps: ClassVar[bool] = False
+    #: steps between calls of :meth:`refresh` (from step 0); None: never called
+    refresh_every: int | None = None
 
     def __init__(self, config: Any):
         self.config = config
@@ -92,7 +94,11 @@ class SecondaryObjective(ABC):
         """The (per-sample mean) loss as a 0-d tensor."""
 
     def refresh(self, params: Params, step: int) -> None:  # noqa: B027  (optional hook)
-        """Refresh internal targets (e.g. a pruning mask). Called every chunk."""
+        """Refresh internal targets (e.g. a pruning mask) before the step ``step``.
+
+        Called at steps that are multiples of ``refresh_every``; keep it on the device. Save
+        what it computes in :meth:`state_dict` so a resumed run continues exactly.
+        """
 
     def observe(self, before: Params, after: Params, grad: Params) -> None:  # noqa: B027
         """After each step (only if ``observes_steps``): the move and the gradient it followed.

@@ -4,6 +4,13 @@ A run is a list of shared ``stages`` (the trunk) followed by named ``branches`` 
 continue from the trunk's last point. Each stage takes ``steps`` integrator steps. Every
 ``run.chunk`` steps the engine evaluates every task, fires ``fipframe_chunk_end``, feeds the
 loggers and commits a checkpoint; this is the only place it syncs with the device.
+
+Sparsity is path state: a stage's ``prune:`` sets boolean masks (by weight magnitude, on the
+device), which the engine keeps in the path's carry under ``mask:<name>`` and applies after
+every step of every later stage, so pruned weights stay zero through fine-tuning, rewinding and
+branches. BatchNorm running statistics belong to the module, not to a point, so the engine
+recomputes them whenever the weights jump: after hard pruning, when a stage starts from a
+rewound point or a branch starts, and on resume.
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ from torch import Tensor, nn
 from fipframe.core.integrator import StepProblem, Terms
 from fipframe.core.objective import StageContext
 from fipframe.core.params import Params, all_finite, norm, sub_tree
+from fipframe.core.sparsity import (
+    apply_masks,
+    count,
+    counted,
+    intersect,
+    magnitude_masks,
+    masks_in,
+    store_masks,
+    usable_groups,
+)
 from fipframe.data.memory import Memory
 from fipframe.data.sampling import Sampler
 from fipframe.errors import TraversalError
@@ -115,6 +132,12 @@ class Traversal:
         )
         self.manifold = registry.build("manifold", config.manifold)
         self.manifold.bind(list(self.adapter.names))
+        self._bn = [
+            m
+            for m in self.adapter.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        self._bn_stale = False
         self.loggers: list[Any] = []
         self._seq = 0
         self._t0 = time.monotonic()
@@ -162,16 +185,19 @@ class Traversal:
         trunk_end: Params | None = None
         trunk_ends: list[tuple[int | None, Params]] = []
         trunk_carry: dict[str, Tensor] = {}
+        trunk_named: dict[str, Params] = {}  # end points by stage name (for start_from)
         plan = self._plan()
         order = [b for b, _ in plan]
         resume_at = (restart.meta["branch"], restart.meta["stage"]) if restart else None
         for branch, stages in plan:
             if branch == TRUNK:
                 memory, params, ends, carry = trunk_memory, self.adapter.params(), [], {}
+                named: dict[str, Params] = {}
             else:
                 assert trunk_end is not None
                 memory, params = trunk_memory.copy(), trunk_end
-                ends, carry = list(trunk_ends), dict(trunk_carry)
+                ends, carry, named = list(trunk_ends), dict(trunk_carry), dict(trunk_named)
+                self._bn_stale = bool(self._bn)  # the module's statistics are another branch's
             first = 0
             if resume_at is not None:
                 if order.index(branch) < order.index(resume_at[0]):  # finished before
@@ -180,25 +206,35 @@ class Traversal:
                         trunk_ends = self._ends_from_disk(branch, stages)
                         trunk_end = trunk_ends[-1][1] if trunk_ends else self.adapter.params()
                         trunk_carry = self._carry_from_disk(branch, stages)
+                        trunk_named = {
+                            s.name: e for s, (_, e) in zip(stages, trunk_ends, strict=True)
+                        }
                     continue
                 assert restart is not None
                 first = resume_at[1]
                 self._add_tasks(memory, branch, stages[:first])
-                ends += self._ends_from_disk(branch, stages[:first])
+                done = self._ends_from_disk(branch, stages[:first])
+                ends += done
+                named.update({s.name: e for s, (_, e) in zip(stages[:first], done, strict=True)})
                 carry = dict(restart.state.get("carry", {}))
+                self._bn_stale = bool(self._bn)
             for si in range(first, len(stages)):
                 start = None
                 if resume_at is not None:  # the stage that was interrupted
                     assert restart is not None and self.dir is not None
                     start, resume_at = restart, None
                     params = load_point(self.dir.root / restart.meta["anchor"], self.device)
+                elif stages[si].start_from is not None:  # rewinding (lottery tickets)
+                    params = named[stages[si].start_from]
+                    self._bn_stale = bool(self._bn)
                 params = self._run_stage(
                     branch, si, stages[si], params, memory, start, ends=ends, carry=carry
                 )
                 self._add_tasks(memory, branch, stages[si : si + 1], params)
                 ends.append((stages[si].task, params))
+                named[stages[si].name] = params
             if branch == TRUNK:
-                trunk_end, trunk_ends, trunk_carry = params, ends, carry
+                trunk_end, trunk_ends, trunk_carry, trunk_named = params, ends, carry, named
 
     def _add_tasks(
         self, memory: Memory, branch: str, stages: list[Any], params: Params | None = None
@@ -376,11 +412,36 @@ class Traversal:
         carry: dict[str, Tensor],
     ) -> Params:
         # the stage starts on the manifold (a no-op for Euclidean; a resumed anchor already is)
-        anchor = params if resume is not None else self.manifold.projx(params)
-        params = anchor
+        # and with the path's pruned weights at zero
+        masks = masks_in(carry)
+        if resume is None:
+            params = apply_masks(self.manifold.projx(params), masks)
+            if self._bn_stale:
+                self._recompute_bn(params, cfg)
+        anchor = params
         anchor_rel = self._stage_start_point(branch, si, cfg, anchor, resume)
         st = self._build_stage(branch, si, cfg, anchor, memory, ends, carry)
         observers = [o for o in st.objectives if o.observes_steps]
+        refreshers = [o for o in st.objectives if o.refresh_every]
+        prune = cfg.prune
+        groups = (
+            usable_groups(self.adapter.prune_groups(), params)
+            if prune is not None and prune.structured
+            else []
+        )
+        if prune is not None and prune.structured and not groups:
+            raise TraversalError(
+                f"{branch}/{cfg.name}.prune: structured pruning, but the model's adapter "
+                "declares no prune groups among the traversable weights"
+            )
+
+        def hard_prune(p: Params, sparsity: float) -> Params:
+            """Masks at ``sparsity`` by magnitude (pruned weights stay pruned), applied."""
+            nonlocal masks
+            assert prune is not None
+            masks = intersect(magnitude_masks(p, prune, sparsity, groups), masks)
+            store_masks(carry, masks)
+            return apply_masks(p, masks)
 
         def full_state(integrator_state: Any) -> dict[str, Any]:
             return {
@@ -403,6 +464,8 @@ class Traversal:
             restore_objectives(resume.state["objectives"])
             rollbacks = resume.meta.get("rollbacks", 0)
             lengths = resume.meta.get("lengths", [0.0, 0.0])
+            if self._bn_stale:
+                self._recompute_bn(params, cfg)
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
             lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
@@ -410,7 +473,7 @@ class Traversal:
             self._commit(branch, si, 0, params, full_state(state), scale, rollbacks, anchor_rel)
         self.position = Position(branch, si, cfg.name, step)
         chunk = self.config.run.chunk
-        good = (params, state, step, [o.state_dict() for o in st.objectives])
+        good = (params, state, step, [o.state_dict() for o in st.objectives], dict(masks))
         sums: dict[str, Tensor] = {}
         count = 0
         if resume is not None and resume.meta.get("done"):
@@ -420,9 +483,16 @@ class Traversal:
         with self._progress(branch, cfg, step) as bar:
             self.adapter.train(True)
             while step < cfg.steps:
+                if prune is not None and prune.every and step % prune.every == 0:
+                    params = hard_prune(params, prune.target(step / cfg.steps))
+                for objective in refreshers:
+                    if step % objective.refresh_every == 0:
+                        objective.refresh(params, step)
                 problem = self._problem(st, memory, step, step / cfg.steps, sink)
                 before = params
                 params, state, stats = st.integrator.step(params, state, problem, scale)
+                if masks:
+                    params = apply_masks(params, masks)
                 if sink:
                     grad = sink.pop()
                     sink.clear()
@@ -444,8 +514,9 @@ class Traversal:
                             f"{branch}/{cfg.name}: non-finite values at step {step} after "
                             f"{rollbacks - 1} rollbacks; lower the step size"
                         )
-                    params, state, step, kept = good
+                    params, state, step, kept, masks = good
                     restore_objectives(kept)
+                    store_masks(carry, masks)
                     scale *= 0.5
                     sums, count = {}, 0
                     self._line(
@@ -453,13 +524,12 @@ class Traversal:
                         f"{step}, step scale now {scale:g}"
                     )
                     continue
-                for objective in st.objectives:
-                    objective.refresh(params, step)
                 train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
                 train_metrics["step_scale"] = scale
                 train_metrics.update(self._path_measures(st, memory, good[0], params, lengths))
+                train_metrics.update(self._sparsity_measures(st, params, masks, step / cfg.steps))
                 sums, count = {}, 0
-                good = (params, state, step, [o.state_dict() for o in st.objectives])
+                good = (params, state, step, [o.state_dict() for o in st.objectives], dict(masks))
                 self.position.step = step
                 bar.update(step - bar.n)
                 if step == cfg.steps:
@@ -486,6 +556,11 @@ class Traversal:
                 self._maybe_line(branch, cfg, step, metrics)
         for objective in st.objectives:
             objective.finish(params, carry)
+        if prune is not None:  # hard projection onto the final mask
+            params = hard_prune(params, prune.sparsity)
+            self._recompute_bn(params, cfg)
+        if masks:
+            train_metrics.update(self._sparsity_measures(st, params, masks, 1.0))
         metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
         point = carry_rel = None
         if self.dir is not None:
@@ -543,6 +618,56 @@ class Traversal:
         lengths[0] += seg
         lengths[1] += e
         return {"path/length": lengths[0], "path/euclidean": lengths[1], "path/drift": d}
+
+    def _sparsity_measures(
+        self, st: _Stage, params: Params, masks: dict[str, Tensor], progress: float
+    ) -> dict[str, float]:
+        """Zeros among the counted weights; for a soft target, the accuracy of its projection.
+
+        ``sparsity`` counts the tensors the stage's ``prune:`` (or ``prune_target``) counts,
+        or the masked ones; ``projected/...`` is the accuracy the network would have if
+        projected onto the current target mask here (the accuracy along a FIP path).
+        """
+        targets = [o for o in st.objectives if isinstance(getattr(o, "masks", None), dict)]
+        # a soft target's schedule is the one the path follows; a stage's prune: counts else
+        spec = targets[0].config if targets else st.cfg.prune
+        names = counted(params, spec) if spec is not None else list(masks)
+        if not names:
+            return {}
+        c = count(params, names)
+        out = {"sparsity": c.sparsity, "params/nonzero": float(c.nonzero)}
+        if spec is not None:
+            out["sparsity/target"] = spec.target(progress)
+        if targets and targets[0].masks and progress < 1.0:
+            projected = apply_masks(params, targets[0].masks)
+            accs = self._evaluate(projected, st.cfg.task)
+            out.update({f"projected/{k}": v for k, v in accs.items() if k.endswith("average")})
+        return out
+
+    def _recompute_bn(self, params: Params, cfg: Any) -> None:
+        """BatchNorm running statistics of ``params`` from training batches (cumulative mean)."""
+        self._bn_stale = False
+        n = self.config.run.bn_batches
+        if not self._bn or not n:
+            return
+        task = self.tasks.tasks[cfg.task if cfg.task is not None else 0]
+        x = task.train.x
+        g = torch.Generator().manual_seed(self.config.run.seed)
+        idx = torch.randperm(len(x), generator=g)[: n * cfg.batch_size].to(x.device)
+        momenta = [m.momentum for m in self._bn]
+        for m in self._bn:
+            m.reset_running_stats()
+            m.momentum = None
+        was = self.adapter.model.training
+        self.adapter.train(True)
+        try:
+            with torch.no_grad():
+                for chunk in idx.split(cfg.batch_size):
+                    self.adapter.forward(params, x[chunk])
+        finally:
+            self.adapter.train(was)
+            for m, momentum in zip(self._bn, momenta, strict=True):
+                m.momentum = momentum
 
     def _logits(self, params: Params, x: Tensor) -> Tensor:
         bs = self.config.run.eval_batch_size

@@ -34,7 +34,7 @@ def test_unknown_kind_names_path_valid_kinds_and_closest(tiny, pm_builtin):
 
 
 def test_wrong_type_and_out_of_range_each_get_a_line(tiny, pm):
-    tiny["stages"][0]["steps"] = 0
+    tiny["stages"][0]["steps"] = -1
     tiny["stages"][0]["batch_size"] = "lots"
     tiny["branches"]["fip"][0]["integrator"]["alpha"] = "strong"
     tiny["run"]["chunk"] = -1
@@ -42,7 +42,7 @@ def test_wrong_type_and_out_of_range_each_get_a_line(tiny, pm):
         load_config(tiny, pm=pm)
     lines = problems(exc)
     assert any(
-        line.startswith("stages[0].steps: Input should be greater than or equal to 1")
+        line.startswith("stages[0].steps: Input should be greater than or equal to 0")
         for line in lines
     ), lines
     assert any(line.startswith("stages[0].batch_size:") for line in lines), lines

