@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from typing import Any
 
 import numpy as np
 import torch
+from interleave import interleaved
 
 from fipframe.api import load_config
 from fipframe.core.sparsity import (
@@ -126,19 +126,7 @@ def main() -> None:
     assert trav is not None
     dev = trav.device
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for r in range(args.warmup + args.steps):
-        for name, fn in runners.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    times = interleaved(runners, dev, args.warmup, args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     mean = {k: statistics.mean(v) * 1e3 for k, v in times.items()}
     print(f"# sparsity_step: {args.arch}, 128 examples per step, {args.steps} steps each")

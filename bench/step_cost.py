@@ -20,10 +20,10 @@ import argparse
 import copy
 import platform
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from interleave import interleaved
 
 from fipframe.api import load_config
 from fipframe.plugins import make_plugin_manager
@@ -130,19 +130,7 @@ def main() -> None:
         runners[name] = step
     runners["authors"] = AuthorsStyle(trav, memory).step
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for r in range(args.warmup + args.steps):
-        for name, fn in runners.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    times = interleaved(runners, dev, args.warmup, args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"# step_cost: MLP 784-400-400-10, batch 128 + 128 stored, {args.steps} steps each")
     print(
