@@ -88,9 +88,8 @@ def export(
     masks = masks_in(carry)
     params = apply_masks(params, masks)
     adapter.load(params)
-    stage_cfg = next(
-        s for where, stages in config.all_stages() for s in stages if s.name == record["stage"]
-    )
+    path = config.stages if record["branch"] == "trunk" else config.branches[record["branch"]]
+    stage_cfg = next(s for s in path if s.name == record["stage"])
     traversal._recompute_bn(params, stage_cfg)
     accuracy = traversal._evaluate(params, stage_cfg.task).get("acc/test/average")
 
