@@ -22,9 +22,10 @@ from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
 from fipframe.core.sparsity import (
     SparsityConfig,
+    groups_for,
+    intersect,
     magnitude_masks,
     masks_in,
-    usable_groups,
 )
 from fipframe.errors import TraversalError
 from fipframe.plugins import hookimpl
@@ -48,12 +49,7 @@ class PruneTarget(SecondaryObjective):
         cfg: PruneTargetConfig = self.config
         self.steps = max(ctx.steps, 1)
         groups = ctx.adapter.prune_groups() if cfg.structured else []
-        self.groups = usable_groups(groups, ctx.anchor)
-        if cfg.structured and not self.groups:
-            raise TraversalError(
-                "objective prune_target: structured: true, but the model's adapter declares no "
-                "prune groups among the traversable weights"
-            )
+        self.groups = groups_for(cfg, groups, ctx.anchor, "objective prune_target")
         self.fixed = masks_in(ctx.carry)  # weights pruned on earlier stages stay pruned
         self.refresh_every = cfg.every if cfg.every is not None else ctx.steps + 1
         self.masks: dict[str, Tensor] = {}
@@ -67,17 +63,13 @@ class PruneTarget(SecondaryObjective):
                 f"(include {list(cfg.include)}, exclude {list(cfg.exclude)}, "
                 f"matrices_only {cfg.matrices_only})"
             )
-        for name, fixed in self.fixed.items():
-            if name in masks:
-                masks[name] = masks[name] & fixed
-        self.masks = masks
-
-    def sparsity(self, step: int) -> float:
-        return self.config.target(step / self.steps)
+        self.masks = intersect(masks, self.fixed)
+        self._off = [~m for m in self.masks.values()]  # the weights the target sets to zero
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         assert self.masks, "refresh() runs before the first loss"
-        sq = torch.stack([(params[n] * (~m)).square().sum() for n, m in self.masks.items()]).sum()
+        pruned = torch._foreach_mul([params[n] for n in self.masks], self._off)
+        sq = torch.stack(torch._foreach_norm(pruned)).square().sum()
         if self.config.distance == "squared":
             return 0.5 * sq
         return (sq + 1e-12).sqrt()
@@ -88,6 +80,7 @@ class PruneTarget(SecondaryObjective):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if state:
             self.masks = {k[len("mask.") :]: v for k, v in state.items()}
+            self._off = [~m for m in self.masks.values()]
 
 
 @hookimpl

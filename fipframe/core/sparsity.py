@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from fipframe.core.params import Params
+from fipframe.errors import TraversalError
 
 MASK_PREFIX = "mask:"  # masks live in the path's carry under this prefix
 
@@ -51,7 +52,8 @@ class SparsityConfig(BaseModel):
     every: int | None = Field(
         100,
         ge=1,
-        description="steps between refreshes of the magnitude mask (None: at the stage end only)",
+        description="steps between refreshes of the magnitude mask (None: once; for a stage's "
+        "prune: at its end, for prune_target at its start)",
     )
     scope: Literal["global", "layer"] = Field(
         "global", description="one threshold over all counted tensors, or one per tensor"
@@ -122,8 +124,6 @@ class PruneGroup:
     buffers: tuple[Member, ...] = ()
     #: False when the module cannot be made narrower (the units are then zeroed only)
     removable: bool = True
-    #: module attributes that count units, rewritten on removal: (module path, attr, per unit)
-    attrs: tuple[tuple[str, str, int], ...] = field(default=())
 
 
 def _matches(name: str, globs: Iterable[str]) -> bool:
@@ -144,6 +144,21 @@ def counted(params: Mapping[str, Tensor], cfg: SparsityConfig) -> list[str]:
 def usable_groups(groups: Sequence[PruneGroup], params: Mapping[str, Tensor]) -> list[PruneGroup]:
     """The groups whose every member is a traversable tensor."""
     return [g for g in groups if all(m.name in params for m in g.members)]
+
+
+def groups_for(
+    cfg: SparsityConfig, groups: Sequence[PruneGroup], params: Mapping[str, Tensor], where: str
+) -> list[PruneGroup]:
+    """The usable groups when ``cfg`` is structured (else none); an error names ``where``."""
+    if not cfg.structured:
+        return []
+    usable = usable_groups(groups, params)
+    if not usable:
+        raise TraversalError(
+            f"{where}: structured pruning, but the model's adapter declares no prune groups "
+            "among the traversable weights"
+        )
+    return usable
 
 
 # -- masks ------------------------------------------------------------------------------------
@@ -331,8 +346,6 @@ def shrink(
                 owner.register_buffer(attr, sliced)
             named[m.name] = getattr(owner, attr)
             touched.add(path)
-        for path, attr, per_unit in group.attrs:
-            setattr(_module(model, path), attr, kept * per_unit)
         report[group.name] = (group.units, kept)
     for path in touched:
         _sync_shape(_module(model, path))

@@ -33,14 +33,15 @@ from fipframe.core.integrator import StepProblem, Terms
 from fipframe.core.objective import StageContext
 from fipframe.core.params import Params, all_finite, norm, sub_tree
 from fipframe.core.sparsity import (
+    SparsityConfig,
     apply_masks,
     count,
     counted,
+    groups_for,
     intersect,
     magnitude_masks,
     masks_in,
     store_masks,
-    usable_groups,
 )
 from fipframe.data.memory import Memory
 from fipframe.data.sampling import Sampler
@@ -425,15 +426,10 @@ class Traversal:
         refreshers = [o for o in st.objectives if o.refresh_every]
         prune = cfg.prune
         groups = (
-            usable_groups(self.adapter.prune_groups(), params)
-            if prune is not None and prune.structured
+            groups_for(prune, self.adapter.prune_groups(), params, f"{branch}/{cfg.name}.prune")
+            if prune is not None
             else []
         )
-        if prune is not None and prune.structured and not groups:
-            raise TraversalError(
-                f"{branch}/{cfg.name}.prune: structured pruning, but the model's adapter "
-                "declares no prune groups among the traversable weights"
-            )
 
         def hard_prune(p: Params, sparsity: float) -> Params:
             """Masks at ``sparsity`` by magnitude (pruned weights stay pruned), applied."""
@@ -628,7 +624,7 @@ class Traversal:
         or the masked ones; ``projected/...`` is the accuracy the network would have if
         projected onto the current target mask here (the accuracy along a FIP path).
         """
-        targets = [o for o in st.objectives if isinstance(getattr(o, "masks", None), dict)]
+        targets = [o for o in st.objectives if isinstance(o.config, SparsityConfig)]
         # a soft target's schedule is the one the path follows; a stage's prune: counts else
         spec = targets[0].config if targets else st.cfg.prune
         names = counted(params, spec) if spec is not None else list(masks)
@@ -638,8 +634,9 @@ class Traversal:
         out = {"sparsity": c.sparsity, "params/nonzero": float(c.nonzero)}
         if spec is not None:
             out["sparsity/target"] = spec.target(progress)
-        if targets and targets[0].masks and progress < 1.0:
-            projected = apply_masks(params, targets[0].masks)
+        target_masks = getattr(targets[0], "masks", None) if targets else None
+        if target_masks and progress < 1.0:
+            projected = apply_masks(params, target_masks)
             accs = self._evaluate(projected, st.cfg.task)
             out.update({f"projected/{k}": v for k, v in accs.items() if k.endswith("average")})
         return out

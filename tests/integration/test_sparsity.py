@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import fipframe
 from fipframe.api import load_config, run
@@ -213,7 +214,7 @@ def test_structured_pruning_of_a_cnn_with_batchnorm_exports_a_smaller_equal_netw
     assert report["structured"]["params_total"] < report["params_total"] / 10
     assert report["structured"]["max_output_difference"] < 1e-4
     # counts are real: the dense file holds zeros, the structured one is small
-    state = fipframe.traversal.export.load_file(str(tmp_path / "export" / "model.safetensors"))
+    state = load_file(str(tmp_path / "export" / "model.safetensors"))
     assert (
         sum(
             int((v != 0).sum())
