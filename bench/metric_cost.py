@@ -4,7 +4,8 @@ For each model (MLP 784-400-400-10, small CNN, small vision transformer) on a ba
 MNIST-shaped inputs, side by side in one run:
 
 - time: median of a KL metric-vector product ``g v`` (jvp + output Hessian + vjp) divided by the
-  median of a gradient of the KL divergence to the anchor outputs (forward + backward);
+  median of a gradient of the KL divergence to the anchor outputs (forward + backward), for
+  each way fipframe computes ``J v`` (metric field ``product``: forward, fused, reverse);
 - peak memory: growth of live tensor memory during one call (the profiler's memory timeline on
   CPU, ``max_memory_allocated`` on CUDA).
 
@@ -60,13 +61,15 @@ def model(name: str) -> ArchitectureAdapter:
     return transformer()
 
 
+MODES = ("forward", "fused", "reverse")
+
+
 def setup(name: str, device: torch.device, batch: int = 128):
     torch.manual_seed(0)
     adapter = model(name).to(device)
     params = adapter.params()
     x = torch.randn(batch, 1, 28, 28, device=device)
     metric = KL(KLConfig())
-    forward_mode = KL(KLConfig(product="forward"))
     ref = metric.reference(adapter.forward(params, x))
     # a point a little away from the anchor, so the divergence has a real gradient
     point = {k: v + 1e-2 * torch.randn_like(v) for k, v in params.items()}
@@ -81,13 +84,11 @@ def setup(name: str, device: torch.device, batch: int = 128):
         loss = metric.divergence(forward(p), ref).mean()
         return torch.autograd.grad(loss, leaves)
 
-    def mvp():
-        return metric.mvp(forward, point, v)
+    def product(mode):
+        m = KL(KLConfig(product=mode))
+        return lambda: m.mvp(forward, point, v)
 
-    def mvp_forward():
-        return forward_mode.mvp(forward, point, v)
-
-    return adapter, params, {"gradient": gradient, "mvp": mvp, "mvp_forward": mvp_forward}
+    return adapter, params, {"gradient": gradient, **{m: product(m) for m in MODES}}
 
 
 def sync(device: torch.device) -> None:
@@ -142,10 +143,10 @@ def main() -> None:
         f"# metric_cost: device {dev}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, batch 128, KL metric"
     )
-    print("mvp: reverse mode (double backward, the default); fwd: forward mode (jvp)")
+    print("ratios of g v to a gradient, per product mode: time x / memory x")
     print(
-        f"{'model':<12}{'params':>10}{'grad ms':>9}{'mvp ms':>9}{'time x':>7}{'fwd x':>7}"
-        f"{'grad KiB':>10}{'mvp KiB':>10}{'mem x':>7}{'fwd x':>7}"
+        f"{'model':<12}{'params':>10}{'grad ms':>9}{'grad KiB':>10}"
+        + "".join(f"{m:>16}" for m in MODES)
     )
     for name in ("mlp", "cnn", "transformer"):
         adapter, params, ops = setup(name, dev)
@@ -162,11 +163,8 @@ def main() -> None:
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         mem = {op: peak_kib(fn, dev) for op, fn in ops.items()}
         g_ms, g_kib = med["gradient"], max(mem["gradient"], 1)
-        print(
-            f"{name:<12}{size:>10,}{g_ms:>9.2f}{med['mvp']:>9.2f}{med['mvp'] / g_ms:>7.2f}"
-            f"{med['mvp_forward'] / g_ms:>7.2f}{mem['gradient']:>10,}{mem['mvp']:>10,}"
-            f"{mem['mvp'] / g_kib:>7.2f}{mem['mvp_forward'] / g_kib:>7.2f}"
-        )
+        cells = "".join(f"{f'{med[m] / g_ms:.2f} / {mem[m] / g_kib:.2f}':>16}" for m in MODES)
+        print(f"{name:<12}{size:>10,}{g_ms:>9.2f}{mem['gradient']:>10,}{cells}", flush=True)
     adapter = model("cnn-1m").to(dev)
     params = adapter.params()
     x = torch.randn(64, 1, 28, 28, device=dev)

@@ -28,9 +28,11 @@ from fipframe.registry import Spec
 class OutputMetricConfig(PluginConfig):
     """Settings shared by output-divergence metrics."""
 
-    product: Literal["reverse", "forward"] = Field(
-        "reverse",
-        description="how g v gets J v: reverse (double backward, least memory) or forward (jvp)",
+    product: Literal["forward", "fused", "reverse"] = Field(
+        "forward",
+        description="how g v gets J v: forward (dual numbers, then a separate pullback: least "
+        "memory), fused (one dual forward that keeps the graph: fastest, more memory), or "
+        "reverse (double backward: for ops without forward-mode rules)",
     )
 
 

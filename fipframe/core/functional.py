@@ -1,21 +1,23 @@
-"""Matrix-free products with the pullback metric, built on torch.func.
+"""Matrix-free products with the pullback metric (forward-mode autograd and torch.func).
 
 The metric at weights ``w`` on inputs ``X`` is ``g(w) = mean_x J_x^T H_x J_x`` where
 ``J_x = df(x; w)/dw`` and ``H_x`` is the Hessian of the output divergence ``D(z, f(x; w))`` in
 ``z`` at zero displacement. ``g`` and ``J`` are never materialised: ``g v`` is one jvp, one
-output-space Hessian-vector product and one vjp.
+output-space Hessian-vector product and one vjp (:func:`metric_vp`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from fipframe.core.params import Params
 
+PRODUCT_MODES = ("forward", "fused", "reverse")
 Divergence = Callable[[Tensor, Tensor], Tensor]  # (logits, reference logits) -> per-sample D
 
 
@@ -33,16 +35,26 @@ def divergence_hvp(divergence: Divergence, z: Tensor, u: Tensor) -> Tensor:
     return torch.func.jvp(grad_d, (ref,), (u,))[1]
 
 
-def composite_attention() -> Any:
-    """Attention through the composite (math) kernel inside function transforms.
+@contextlib.contextmanager
+def composite_attention() -> Iterator[None]:
+    """Attention through composite (differentiable) kernels inside function transforms.
 
-    The fused flash and memory-efficient kernels have no forward-mode derivative (``jvp``
-    through a transformer fails with them) and no vmap rule for their backward (``jacrev``
-    falls back to a slow loop). The math kernel costs more memory on long sequences.
+    The fused flash and memory-efficient kernels have no forward-mode derivative (dual numbers
+    through a transformer fail with them) and no vmap rule for their backward (``jacrev``
+    falls back to a slow loop); neither has ``nn.MultiheadAttention``'s inference fast path,
+    which it takes in eval mode without gradients. Both are switched off inside; the math
+    kernel costs more memory on long sequences.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.MATH])
+    mha = torch.backends.mha
+    fast = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        mha.set_fastpath_enabled(fast)
 
 
 def metric_vp(
@@ -50,41 +62,59 @@ def metric_vp(
     params: Params,
     v: Params,
     output_hvp: Callable[[Tensor, Tensor], Tensor],
-    mode: str = "reverse",
+    mode: str = "forward",
 ) -> Params:
     """``g v = mean_x J_x^T H_x J_x v`` for ``forward(params) -> logits [N, ...]``.
 
-    Two ways to get ``J v``, both matrix-free (docs/benchmarks.md has their costs):
+    Three ways to get ``J v``, all matrix-free (docs/benchmarks.md has their costs):
 
+    - ``"forward"``: a forward pass on dual numbers (``torch.autograd.forward_ad``) under
+      ``no_grad`` gives ``J v`` and frees everything it made; then a forward with a graph and
+      the pullback ``J^T (H J v)``. Peak memory about that of a gradient.
+    - ``"fused"``: one dual forward that also records the graph for the pullback. Fastest, but
+      the graph keeps the tangent computations too (about 3.5x a gradient's memory through
+      attention).
     - ``"reverse"``: the double-backward identity ``J v = d/du <J^T u, v>`` (``J^T u`` is linear
-      in ``u``), all in reverse mode: one forward, a backward with ``create_graph``, its
-      backward, and the final pullback. Lowest peak memory.
-    - ``"forward"``: ``torch.func.jvp`` (forward-mode AD), then the pullback. A little faster,
-      but forward mode holds more memory through convolutions and attention.
+      in ``u``): one forward, a backward with ``create_graph``, its backward, and the pullback.
+      No forward-mode rules needed (for custom ops that lack them).
+
+    ``torch.func.jvp`` is not used: a product built on it measured 2.4-9.7x a gradient's memory
+    (docs/design.md).
 
     Args:
         forward: maps weights to the outputs on a fixed input set (first dim = samples).
         params: the point ``w``.
         v: tangent vector, same structure as ``params``.
         output_hvp: ``(z, u) -> H u`` per sample in output space.
-        mode: ``"reverse"`` or ``"forward"``.
+        mode: ``"forward"``, ``"fused"`` or ``"reverse"``.
     """
+    if mode not in PRODUCT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(PRODUCT_MODES)}; got {mode!r}")
     names = list(params.keys())
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    with composite_attention(), torch.enable_grad():
-        if mode == "forward":
-            z, jv = torch.func.jvp(forward, (params,), (v,))
+    if mode == "forward":
+        with composite_attention(), torch.no_grad(), fwAD.dual_level():
+            dual = {n: fwAD.make_dual(p.detach(), v[n]) for n, p in params.items()}
+            jv = fwAD.unpack_dual(forward(dual)).tangent
+            del dual
+        with torch.enable_grad():  # the pullback may use the fused attention kernels
             out = forward(dict(zip(names, leaves, strict=True)))
-        elif mode == "reverse":
+    elif mode == "fused":
+        with composite_attention(), torch.enable_grad(), fwAD.dual_level():
+            dual = {n: fwAD.make_dual(x, v[n]) for n, x in zip(names, leaves, strict=True)}
+            out, jv = fwAD.unpack_dual(forward(dual))
+            jv = jv.detach()  # drops the tangent's own graph before the pullback
+            del dual
+    else:
+        with composite_attention(), torch.enable_grad():
             out = forward(dict(zip(names, leaves, strict=True)))
             u = torch.zeros_like(out, requires_grad=True)
             jtu = torch.autograd.grad(out, leaves, u, create_graph=True, allow_unused=True)
             used = [(g, v[n]) for n, g in zip(names, jtu, strict=True) if g is not None]
             (jv,) = torch.autograd.grad([g for g, _ in used], u, [t for _, t in used])
             del jtu, used, u
-        else:
-            raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}")
-        hu = output_hvp(out.detach(), jv.detach()) / out.shape[0]
+    hu = output_hvp(out.detach(), jv.detach()) / out.shape[0]
+    with composite_attention() if mode != "forward" else contextlib.nullcontext():
         # a plain one-shot pullback: torch.func.vjp keeps its graph for repeated pullbacks,
         # which measured 1.2-2x more peak memory
         grads = torch.autograd.grad(out, leaves, hu, allow_unused=True)

@@ -47,7 +47,7 @@ class Metric(ABC):
 
     def mvp(self, forward: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
         """Metric-vector product ``g(params) v`` on the inputs ``forward`` closes over."""
-        mode = getattr(self.config, "product", "reverse")
+        mode = getattr(self.config, "product", "forward")
         return metric_vp(forward, params, v, self.output_hvp, mode)
 
     def operator(

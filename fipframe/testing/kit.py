@@ -22,7 +22,7 @@ def tiny_models(seed: int = 0, n: int = 5) -> Iterator[tuple[str, Forward, Param
 
     Yields ``(name, forward(params) -> logits, params)``. The transformer is torchvision's
     VisionTransformer (1 layer, 2 heads, width 4) on 8x8 images: attention, layer norm and GELU
-    in a model small enough for a dense Jacobian.
+    in a model small enough for a dense Jacobian, in eval mode like the deployed function.
     """
     from torchvision.models import VisionTransformer
 
@@ -41,6 +41,7 @@ def tiny_models(seed: int = 0, n: int = 5) -> Iterator[tuple[str, Forward, Param
         mlp_dim=6,
         num_classes=3,
     ).double()
+    vit.eval()  # as the engine runs stored inputs; nn.MultiheadAttention's fast path is eval-only
     models = (("mlp", mlp, (n, 6)), ("cnn", cnn, (n, 1, 5, 5)), ("transformer", vit, (3, 3, 8, 8)))
     for name, model, shape in models:
         x = torch.randn(shape, generator=g, dtype=torch.float64)

@@ -75,9 +75,10 @@ def test_fisher_vp_is_the_softmax_jacobian():
     torch.testing.assert_close(fisher_vp(z, u), torch.einsum("nij,nj->ni", jac, u))
 
 
+@pytest.mark.parametrize("mode", ["fused", "reverse"])
 @pytest.mark.parametrize("kind", ["l2", "kl", "bhattacharyya"])
 @pytest.mark.parametrize("model", MODELS, ids=[m[0] for m in MODELS])
-def test_forward_mode_product_matches_the_oracle_too(kind, model):
+def test_every_product_mode_matches_the_oracle(mode, kind, model):
     _, forward, params = model
     spec = REGISTRY.spec("metric", kind)
-    check_metric(spec.factory(spec.config(product="forward")), forward, params)
+    check_metric(spec.factory(spec.config(product=mode)), forward, params)
