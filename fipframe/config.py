@@ -59,6 +59,12 @@ class RunSettings(_Frozen):
     chunk: int = Field(50, ge=1, description="steps between evaluations, events and checkpoints")
     save_every: int = Field(0, ge=0, description="steps between saved points (0: stage ends only)")
     eval_batch_size: int = Field(4096, ge=1, description="batch size of evaluation passes")
+    measure_inputs: int = Field(
+        512,
+        ge=0,
+        description="stored inputs on which each chunk's path measures (drift, geodesic "
+        "length) are computed; 0: none",
+    )
     progress: Literal["auto", "bar", "lines", "off"] = Field(
         "auto", description="auto: a bar on a terminal, periodic lines otherwise"
     )

@@ -418,7 +418,7 @@ class Traversal:
         if resume is None:
             params = apply_masks(self.manifold.projx(params), masks)
             if self._bn_stale:
-                self._recompute_bn(params, cfg)
+                self.recompute_batchnorm(params, cfg)
         anchor = params
         anchor_rel = self._stage_start_point(branch, si, cfg, anchor, resume)
         st = self._build_stage(branch, si, cfg, anchor, memory, ends, carry)
@@ -461,7 +461,7 @@ class Traversal:
             rollbacks = resume.meta.get("rollbacks", 0)
             lengths = resume.meta.get("lengths", [0.0, 0.0])
             if self._bn_stale:
-                self._recompute_bn(params, cfg)
+                self.recompute_batchnorm(params, cfg)
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
             lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
@@ -530,7 +530,7 @@ class Traversal:
                 bar.update(step - bar.n)
                 if step == cfg.steps:
                     break  # the stage-end record below carries this chunk
-                metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
+                metrics = {**train_metrics, **self.evaluate(params)}
                 point = None
                 every = self.config.run.save_every
                 if self.dir is not None and every and step % every == 0:
@@ -554,10 +554,10 @@ class Traversal:
             objective.finish(params, carry)
         if prune is not None:  # hard projection onto the final mask
             params = hard_prune(params, prune.sparsity)
-            self._recompute_bn(params, cfg)
+            self.recompute_batchnorm(params, cfg)
         if masks:
             train_metrics.update(self._sparsity_measures(st, params, masks, 1.0))
-        metrics = {**train_metrics, **self._evaluate(params, cfg.task)}
+        metrics = {**train_metrics, **self.evaluate(params)}
         point = carry_rel = None
         if self.dir is not None:
             point = self._save(branch, si, cfg, cfg.steps, params, tag="end")
@@ -592,16 +592,18 @@ class Traversal:
         params: Params,
         lengths: list[float],
     ) -> dict[str, float]:
-        """Drift on all stored inputs and the lengths travelled since the last chunk.
+        """Drift and the lengths travelled since the last chunk, on the first
+        ``run.measure_inputs`` stored inputs.
 
         ``lengths`` ([metric, Euclidean]) is updated in place. One metric-vector product and one
-        forward on the stored inputs per chunk; nothing if the stage has no metric.
+        forward on those inputs per chunk; nothing if the stage has no metric.
         """
-        if st.anchor_ref is None or memory.inputs is None:
+        n = self.config.run.measure_inputs
+        if st.anchor_ref is None or memory.inputs is None or n == 0:
             return {}
         from fipframe.eval.geometry import segment_length
 
-        x = memory.inputs[: self.config.run.eval_batch_size]
+        x = memory.inputs[:n]
         was = self.adapter.model.training
         self.adapter.train(False)
         forward = lambda p: self.adapter.forward(p, x)  # noqa: E731
@@ -637,12 +639,13 @@ class Traversal:
         target_masks = getattr(targets[0], "masks", None) if targets else None
         if target_masks and progress < 1.0:
             projected = apply_masks(params, target_masks)
-            accs = self._evaluate(projected, st.cfg.task)
+            accs = self.evaluate(projected)
             out.update({f"projected/{k}": v for k, v in accs.items() if k.endswith("average")})
         return out
 
-    def _recompute_bn(self, params: Params, cfg: Any) -> None:
-        """BatchNorm running statistics of ``params`` from training batches (cumulative mean)."""
+    def recompute_batchnorm(self, params: Params, cfg: Any) -> None:
+        """Recompute BatchNorm running statistics of ``params`` from ``run.bn_batches`` training
+        batches of the stage's task (cumulative mean), as after a hard prune or a rewind."""
         self._bn_stale = False
         n = self.config.run.bn_batches
         if not self._bn or not n:
@@ -677,7 +680,8 @@ class Traversal:
         self.adapter.train(was)
         return out
 
-    def _evaluate(self, params: Params, current: int | None) -> dict[str, float]:
+    def evaluate(self, params: Params) -> dict[str, float]:
+        """Accuracy of ``params`` on every task's val and test split, and their averages."""
         names, values = [], []
         table = self._class_table
         for split in ("val", "test"):

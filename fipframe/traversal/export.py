@@ -90,8 +90,8 @@ def export(
     adapter.load(params)
     path = config.stages if record["branch"] == "trunk" else config.branches[record["branch"]]
     stage_cfg = next(s for s in path if s.name == record["stage"])
-    traversal._recompute_bn(params, stage_cfg)
-    accuracy = traversal._evaluate(params, stage_cfg.task).get("acc/test/average")
+    traversal.recompute_batchnorm(params, stage_cfg)
+    accuracy = traversal.evaluate(params).get("acc/test/average")
 
     model = adapter.model.eval()
     per_tensor = {

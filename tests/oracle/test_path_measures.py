@@ -66,3 +66,12 @@ def test_spectrum_summary_matches_the_dense_metric():
     )
     assert 1 <= out["effective_rank"].item() <= 5
     assert out["rank_bound"].item() == 5 * 4
+
+
+def test_path_measures_can_be_turned_off(tiny, tmp_path):
+    """run.measure_inputs: 0 turns the per-chunk path measures off."""
+    tiny["branches"].pop("finetune")
+    tiny["run"] = {**tiny.get("run", {}), "measure_inputs": 0}
+    result = run(load_config(tiny), out=tmp_path / "off")
+    fip = [r["metrics"] for r in result.records if r["branch"] == "fip"]
+    assert fip and not any("path/length" in m or "path/drift" in m for m in fip)
