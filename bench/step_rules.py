@@ -49,15 +49,21 @@ SEQUENCES = {
 }
 
 
-def config(data: dict, steps: int) -> dict:
+def config(data: dict, steps: int, only: dict[str, tuple[dict, int]] | None = None) -> dict:
+    """The grid (every rule and setting for ``steps`` per task), or ``only`` the given
+    branches: name -> (setting, steps per task)."""
     n = len(data["tasks"]) if "tasks" in data else data["n_tasks"]
     stage = {"steps": steps, "objectives": ["task_ce"]}
-    branches = {}
-    for rule, settings in GRID.items():
-        for i, extra in enumerate(settings):
-            branches[f"r{list(GRID).index(rule)}s{i}"] = [
-                dict(stage, name=f"task{t}", task=t, **extra) for t in range(1, n)
-            ]
+    if only is None:
+        only = {
+            f"r{k}s{i}": (extra, steps)
+            for k, settings in enumerate(GRID.values())
+            for i, extra in enumerate(settings)
+        }
+    branches = {
+        name: [dict(stage, name=f"task{t}", task=t, steps=n_steps, **extra) for t in range(1, n)]
+        for name, (extra, n_steps) in only.items()
+    }
     return {
         "name": "step-rules",
         "model": {"kind": "mlp", "hidden": [400, 400]},
@@ -67,6 +73,35 @@ def config(data: dict, steps: int) -> dict:
         "stages": [dict(stage, name="task0", task=0, integrator={"kind": "gradient"})],
         "branches": branches,
     }
+
+
+def _run(cfg: dict) -> tuple[fipframe.RunResult, dict[str, float]]:
+    """Run a config; the wall time of each branch (from the record before its first one to
+    its last stage end)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fipframe.run(fipframe.load_config(cfg), out=tmp)
+    start: dict[str, float] = {}
+    end: dict[str, float] = {}
+    for before, record in zip(result.records, result.records[1:], strict=False):
+        if record["branch"] != before["branch"]:
+            start.setdefault(record["branch"], before["time"])
+    for record in result.records:
+        if record["kind"] == "stage_end":
+            end[record["branch"]] = record["time"]
+    return result, {b: end[b] - t for b, t in start.items()}
+
+
+def _knob(setting: dict) -> str:
+    chosen = setting["integrator"]
+    return ", ".join(f"{key} {v}" for key, v in chosen.items() if key in ("alpha", "eps")) or "-"
+
+
+def _row(rule: str, second: str, m: dict, took: str) -> str:
+    n = sum(1 for key in m if key.startswith("acc/test/task_"))
+    old = sum(m[f"acc/test/task_{i}"] for i in range(n - 1)) / (n - 1)
+    new = m[f"acc/test/task_{n - 1}"]
+    avg = m["acc/test/average"]
+    return f"| {rule} | {second} | {100 * old:.2f} | {100 * new:.2f} | {100 * avg:.2f} | {took} |"
 
 
 def main() -> None:
@@ -86,40 +121,55 @@ def main() -> None:
         "inputs, memory 500, KL metric). Per rule, the setting with the best validation "
         "average was kept (grid in `bench/step_rules.py`); test accuracy (%) shown. `old` is "
         "the mean over earlier tasks after the last task, `new` the last task. Time is the "
-        "wall time of the rule's branch: steps are equal, compute per step is not.",
+        "wall time of the rule's branch: steps are equal, compute per step is not. The "
+        "second table of each sequence gives every chosen setting the wall time the penalty "
+        "rule took (steps per task scaled by the measured time per step), i.e. equal compute.",
         "",
     ]
     for title, data in SEQUENCES.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            result = fipframe.run(fipframe.load_config(config(data, args.steps)), out=tmp)
+        n_tasks = len(data["tasks"]) if "tasks" in data else data["n_tasks"]
+        result, took = _run(config(data, args.steps))
         ends = {r["branch"]: r for r in result.records if r["kind"] == "stage_end"}
-        prev_time: dict[str, float] = {}  # time of the record before each branch's first
-        for before, record in zip(result.records, result.records[1:], strict=False):
-            if record["branch"] != before["branch"]:
-                prev_time.setdefault(record["branch"], before["time"])
         lines += [
             f"## {title}",
+            "",
+            f"Equal steps ({args.steps} per task):",
             "",
             "| rule | chosen | old tasks | new task | average | time (s) |",
             "|---|---|---:|---:|---:|---:|",
         ]
+        chosen: dict[str, tuple[dict, float]] = {}  # rule -> (setting, seconds per step)
         for k, (rule, settings) in enumerate(GRID.items()):
             names = [f"r{k}s{i}" for i in range(len(settings))]
             best = max(names, key=lambda b: ends[b]["metrics"]["acc/val/average"])
-            m = ends[best]["metrics"]
-            n = len(result.task_names)
-            old = sum(m[f"acc/test/task_{i}"] for i in range(n - 1)) / (n - 1)
-            new = m[f"acc/test/task_{n - 1}"]
-            chosen = settings[names.index(best)]["integrator"]
-            knob = ", ".join(f"{key} {v}" for key, v in chosen.items() if key in ("alpha", "eps"))
-            took = ends[best]["time"] - prev_time[best]
-            lines.append(
-                f"| {rule} | {knob or '-'} | {100 * old:.2f} | {100 * new:.2f} | "
-                f"{100 * m['acc/test/average']:.2f} | {took:.0f} |"
-            )
+            setting = settings[names.index(best)]
+            chosen[rule] = (setting, took[best] / (args.steps * (n_tasks - 1)))
+            lines.append(_row(rule, _knob(setting), ends[best]["metrics"], f"{took[best]:.0f}"))
+            print(lines[-1], flush=True)
+        per_step = chosen["penalty (FIP, KL)"][1]
+        only = {
+            f"r{k}": (setting, max(1, round(args.steps * per_step / t)))
+            for k, (setting, t) in enumerate(chosen.values())
+        }
+        result, took = _run(config(data, args.steps, only))
+        ends = {r["branch"]: r for r in result.records if r["kind"] == "stage_end"}
+        lines += [
+            "",
+            f"Equal compute (the penalty rule's time for {args.steps} steps per task):",
+            "",
+            "| rule | steps per task | old tasks | new task | average | time (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for k, rule in enumerate(chosen):
+            name = f"r{k}"
+            lines.append(_row(rule, str(only[name][1]), ends[name]["metrics"], f"{took[name]:.0f}"))
             print(lines[-1], flush=True)
         lines.append("")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    notes = ""  # the hand-written reading of the numbers is kept across runs
+    if out.exists() and "## Reading" in out.read_text():
+        notes = "\n" + out.read_text()[out.read_text().index("## Reading") :]
+    out.write_text("\n".join(lines) + "\n" + notes)
     print(f"wrote {args.out}")
 
 
