@@ -17,6 +17,7 @@ Writes runs/sparsity.json (raw, resumable), docs/results/sparsity.md and two plo
 
     python bench/sparsity.py                       # everything (about 1.5 h on 2 cores)
     python bench/sparsity.py --archs lenet300 --seeds 0
+    python bench/sparsity.py --archs lenet300 --rerun   # replace earlier results
 """
 
 from __future__ import annotations
@@ -354,13 +355,14 @@ def main() -> int:
     p.add_argument("--archs", nargs="*", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--seeds", nargs="*", type=int, help="seeds (default: each arch's count)")
     p.add_argument("--write-only", action="store_true", help="rewrite the docs from raw results")
+    p.add_argument("--rerun", action="store_true", help="measure again seeds done before")
     args = p.parse_args()
     raw = json.loads(RAW.read_text()) if RAW.exists() else {}
     if not args.write_only:
         for arch in args.archs:
             for seed in args.seeds if args.seeds is not None else range(ARCHS[arch]["seeds"]):
                 key = f"{arch}/{seed}"
-                if key in raw:
+                if key in raw and not args.rerun:
                     print(f"{key}: done before, skipped", file=sys.stderr)
                     continue
                 print(f"{key}: running", file=sys.stderr, flush=True)
