@@ -26,6 +26,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _report import write_keeping
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = "## What we learned"
 GRAD = {"kind": "gradient", "lr": 1e-3}
@@ -265,13 +267,8 @@ def write_report(raw: dict, args: argparse.Namespace) -> None:
                 f"| {mean_std([r['peak_rss_mib'] for r in runs])[0]:.0f} |"
             )
         lines.append("")
-    out = Path(args.out)
-    # the hand-written analysis below the tables survives a re-run
-    kept = ""
-    if out.exists() and NOTES in out.read_text():
-        kept = NOTES + out.read_text().split(NOTES, 1)[1]
     lines += ["![average accuracy over the tasks seen so far](../img/continual.png)", ""]
-    out.write_text("\n".join(lines) + "\n" + kept)
+    write_keeping(Path(args.out), "\n".join(lines), NOTES)
     print(f"wrote {args.out}")
     plot(raw, args)
 

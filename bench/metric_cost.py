@@ -28,6 +28,7 @@ from torch import nn
 from fipframe.builtin.adapters import MLPConfig, SmallCNNConfig, build_mlp, build_small_cnn
 from fipframe.builtin.metrics import KL, KLConfig
 from fipframe.core.adapter import ArchitectureAdapter
+from fipframe.core.functional import PRODUCT_MODES as MODES
 from fipframe.core.linalg import lanczos
 from fipframe.core.params import ParamSpace
 
@@ -59,9 +60,6 @@ def model(name: str) -> ArchitectureAdapter:
             SmallCNNConfig(channels=[64, 128], hidden=160), input_shape=shape, num_classes=10
         )
     return transformer()
-
-
-MODES = ("forward", "fused", "reverse")
 
 
 def setup(name: str, device: torch.device, batch: int = 128):

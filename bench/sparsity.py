@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _report import write_keeping
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "runs" / "sparsity.json"
@@ -296,11 +297,7 @@ def write(raw: dict[str, Any]) -> None:
         "![accuracy along the FIP path](../img/sparsity-path.png)",
         "",
     ]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    notes = ""
-    if DOC.exists() and "## What we learned" in DOC.read_text():
-        notes = DOC.read_text()[DOC.read_text().index("## What we learned") :]
-    DOC.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+    write_keeping(DOC, "\n".join(lines), "## What we learned")
     plot(raw)
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _report import write_keeping
 
 import fipframe
 
@@ -49,10 +50,14 @@ SEQUENCES = {
 }
 
 
+def n_tasks(data: dict) -> int:
+    return len(data["tasks"]) if "tasks" in data else data["n_tasks"]
+
+
 def config(data: dict, steps: int, only: dict[str, tuple[dict, int]] | None = None) -> dict:
     """The grid (every rule and setting for ``steps`` per task), or ``only`` the given
     branches: name -> (setting, steps per task)."""
-    n = len(data["tasks"]) if "tasks" in data else data["n_tasks"]
+    n = n_tasks(data)
     stage = {"steps": steps, "objectives": ["task_ce"]}
     if only is None:
         only = {
@@ -127,7 +132,6 @@ def main() -> None:
         "",
     ]
     for title, data in SEQUENCES.items():
-        n_tasks = len(data["tasks"]) if "tasks" in data else data["n_tasks"]
         result, took = _run(config(data, args.steps))
         ends = {r["branch"]: r for r in result.records if r["kind"] == "stage_end"}
         lines += [
@@ -143,7 +147,7 @@ def main() -> None:
             names = [f"r{k}s{i}" for i in range(len(settings))]
             best = max(names, key=lambda b: ends[b]["metrics"]["acc/val/average"])
             setting = settings[names.index(best)]
-            chosen[rule] = (setting, took[best] / (args.steps * (n_tasks - 1)))
+            chosen[rule] = (setting, took[best] / (args.steps * (n_tasks(data) - 1)))
             lines.append(_row(rule, _knob(setting), ends[best]["metrics"], f"{took[best]:.0f}"))
             print(lines[-1], flush=True)
         per_step = chosen["penalty (FIP, KL)"][1]
@@ -165,11 +169,7 @@ def main() -> None:
             lines.append(_row(rule, str(only[name][1]), ends[name]["metrics"], f"{took[name]:.0f}"))
             print(lines[-1], flush=True)
         lines.append("")
-    out = Path(args.out)
-    notes = ""  # the hand-written reading of the numbers is kept across runs
-    if out.exists() and "## Reading" in out.read_text():
-        notes = "\n" + out.read_text()[out.read_text().index("## Reading") :]
-    out.write_text("\n".join(lines) + "\n" + notes)
+    write_keeping(Path(args.out), "\n".join(lines), "## Reading")
     print(f"wrote {args.out}")
 
 

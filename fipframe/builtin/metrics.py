@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fipframe.core.configs import PluginConfig
+from fipframe.core.functional import ProductMode
 from fipframe.core.metric import Metric
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -28,7 +29,7 @@ from fipframe.registry import Spec
 class OutputMetricConfig(PluginConfig):
     """Settings shared by output-divergence metrics."""
 
-    product: Literal["forward", "fused", "reverse"] = Field(
+    product: ProductMode = Field(
         "forward",
         description="how g v gets J v: forward (dual numbers, then a separate pullback: least "
         "memory), fused (one dual forward that keeps the graph: fastest, more memory), or "

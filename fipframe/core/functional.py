@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Literal, get_args
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from fipframe.core.params import Params
 
-PRODUCT_MODES = ("forward", "fused", "reverse")
+ProductMode = Literal["forward", "fused", "reverse"]
+PRODUCT_MODES: tuple[str, ...] = get_args(ProductMode)
 Divergence = Callable[[Tensor, Tensor], Tensor]  # (logits, reference logits) -> per-sample D
 
 
@@ -62,7 +64,7 @@ def metric_vp(
     params: Params,
     v: Params,
     output_hvp: Callable[[Tensor, Tensor], Tensor],
-    mode: str = "forward",
+    mode: ProductMode = "forward",
 ) -> Params:
     """``g v = mean_x J_x^T H_x J_x v`` for ``forward(params) -> logits [N, ...]``.
 
@@ -114,10 +116,10 @@ def metric_vp(
             (jv,) = torch.autograd.grad([g for g, _ in used], u, [t for _, t in used])
             del jtu, used, u
     hu = output_hvp(out.detach(), jv.detach()) / out.shape[0]
-    with composite_attention() if mode != "forward" else contextlib.nullcontext():
-        # a plain one-shot pullback: torch.func.vjp keeps its graph for repeated pullbacks,
-        # which measured 1.2-2x more peak memory
-        grads = torch.autograd.grad(out, leaves, hu, allow_unused=True)
+    # a plain one-shot pullback (a backward pass: the attention kernel choice was made when the
+    # graph was recorded): torch.func.vjp keeps its graph for repeated pullbacks, which
+    # measured 1.2-2x more peak memory
+    grads = torch.autograd.grad(out, leaves, hu, allow_unused=True)
     return {
         n: torch.zeros_like(p) if g is None else g
         for (n, p), g in zip(params.items(), grads, strict=True)
