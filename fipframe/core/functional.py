@@ -9,6 +9,8 @@ output-space Hessian-vector product and one vjp (:func:`metric_vp`).
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
@@ -21,6 +23,20 @@ from fipframe.core.params import Params
 ProductMode = Literal["forward", "fused", "reverse"]
 PRODUCT_MODES: tuple[str, ...] = get_args(ProductMode)
 Divergence = Callable[[Tensor, Tensor], Tensor]  # (logits, reference logits) -> per-sample D
+
+
+@functools.cache
+def _load_forward_decompositions() -> None:
+    """Load torch's forward-AD decompositions once, quietly.
+
+    torch loads them on the first ``make_dual`` of a process, through ``torch.jit.script``,
+    whose deprecation warning would reach every user of the forward products; loading them
+    here, inside a filter, keeps that internal warning out of their output.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with contextlib.suppress(ImportError):  # a private module: absent in some builds
+            from torch._decomp import decompositions_for_jvp  # noqa: F401
 
 
 def divergence_hvp(divergence: Divergence, z: Tensor, u: Tensor) -> Tensor:
@@ -92,6 +108,8 @@ def metric_vp(
     """
     if mode not in PRODUCT_MODES:
         raise ValueError(f"mode must be one of {', '.join(PRODUCT_MODES)}; got {mode!r}")
+    if mode != "reverse":
+        _load_forward_decompositions()
     names = list(params.keys())
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     if mode == "forward":

@@ -82,3 +82,26 @@ def test_every_product_mode_matches_the_oracle(mode, kind, model):
     _, forward, params = model
     spec = REGISTRY.spec("metric", kind)
     check_metric(spec.factory(spec.config(product=mode)), forward, params)
+
+
+def test_forward_products_print_no_torch_internal_warning():
+    """The first dual-number product of a process loads torch's forward-AD decompositions,
+    which go through the deprecated torch.jit.script; users must not see that warning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from fipframe.core.functional import metric_vp\n"
+        "w = {'a': torch.randn(3, 2)}\n"
+        "x = torch.randn(5, 2)\n"
+        "out = metric_vp(lambda p: x @ p['a'].T, w, {'a': torch.ones(3, 2)}, lambda z, u: u)\n"
+        "assert out['a'].shape == (3, 2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
