@@ -1,0 +1,137 @@
+"""Probe FIP sparsification recipes on one seed and one sparsity, against GMP.
+
+A quicker companion of bench/sparsity.py for choosing a recipe on the validation split before
+the 3-seed run: one trunk (its dense stage with the learning rate decayed to 0 by a half
+cosine, so the dense network is a converged point rather than a noisy Adam iterate), then GMP
+and FIP branches under two inner optimisers, each at the same number of examples as in
+bench/sparsity.py. Prints val and test accuracy per branch; writes runs/sparsity-probe/.
+
+Branches (--variants; default gmp, fip, gmp_sgd, fip_sgd_b1):
+
+- gmp, fip: Adam at the arch's lr, as in bench/sparsity.py (FIP: l2 pull of weight 100).
+  Adam normalises each coordinate, so the pull moves a pruned weight by about lr per step
+  whatever its weight. fip_share07, fip_alpha01, fip_w1000 change one FIP setting (path 0.7
+  of the budget, alpha 0.1, pull weight 1,000).
+- gmp_sgd, fip_sgd_b1, fip_sgd_b03: SGD with momentum 0.9 at --sgd-lr in every stage of both
+  methods, FIP with a squared pull of weight 1 (or 0.3), whose step on a masked weight is
+  proportional to that weight instead of normalised per coordinate.
+
+    python bench/sparsity_probe.py --arch resnet18 --seed 1 --sparsity 0.9   # ~20 min, 2 cores
+    python bench/sparsity_probe.py --arch resnet18 --seed 1 --sparsity 0.9 --variants \
+        gmp fip fip_share07 fip_alpha01 fip_w1000 gmp_sgd fip_sgd_b1 fip_sgd_b03   # ~30 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import sparsity as sp
+
+import fipframe
+
+SGD = {"name": "sgd", "momentum": 0.9}
+
+
+def with_optimizer(stages: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """The same stages with SGD (momentum 0.9) at ``lr`` in every training stage."""
+    out = copy.deepcopy(stages)
+    for st in out:
+        if st["steps"]:
+            integ = st["integrator"]
+            integ = integ if isinstance(integ, dict) else {"kind": integ}
+            st["integrator"] = {**integ, "lr": lr, "optimizer": SGD}
+    return out
+
+
+def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any]]]:
+    """Every branch the probe knows, by name (a branch's name also seeds its batches)."""
+    a = sp.ARCHS[arch]
+    budget, lr = a["budget"], a["lr"]
+
+    def fip(share: float = sp.FIP_SHARE, **change: Any) -> list[dict[str, Any]]:
+        saved = sp.FIP_SHARE
+        sp.FIP_SHARE = share
+        try:
+            stages = copy.deepcopy(sp.branches("fip", s, budget, lr))
+        finally:
+            sp.FIP_SHARE = saved
+        if "alpha" in change:
+            stages[0]["integrator"]["alpha"] = change["alpha"]
+        if "weight" in change:
+            stages[0]["objectives"][0]["weight"] = change["weight"]
+        return stages
+
+    def fip_sgd(weight: float) -> list[dict[str, Any]]:
+        stages = with_optimizer(fip(), sgd_lr)
+        stages[0]["objectives"][0].update(weight=weight, distance="squared")
+        return stages
+
+    gmp = sp.branches("gmp", s, budget, lr)
+    return {
+        f"gmp_{s:g}": gmp,
+        f"fip_{s:g}": fip(),
+        "fip_share07": fip(share=0.7),
+        "fip_alpha01": fip(alpha=0.1),
+        "fip_w1000": fip(weight=1000.0),
+        "gmp_sgd": with_optimizer(gmp, sgd_lr),
+        "fip_sgd_b1": fip_sgd(1.0),
+        "fip_sgd_b03": fip_sgd(0.3),
+    }
+
+
+DEFAULT = ("gmp", "fip", "gmp_sgd", "fip_sgd_b1")
+
+
+def config(arch: str, seed: int, s: float, sgd_lr: float, names: list[str]) -> dict[str, Any]:
+    a = sp.ARCHS[arch]
+    cfg = sp.config(arch, seed)
+    cosine = {"start": a["lr"], "end": 0.0, "shape": "cosine"}
+    cfg["stages"][1]["integrator"] = {"kind": "gradient", "lr": cosine}
+    known = variants(arch, s, sgd_lr)
+    full = [f"{n}_{s:g}" if n in ("gmp", "fip") else n for n in names]
+    unknown = [n for n in full if n not in known]
+    if unknown:
+        raise SystemExit(
+            f"--variants: unknown {unknown}; known: gmp, fip, {', '.join(list(known)[2:])}"
+        )
+    cfg["branches"] = {n: known[n] for n in full}
+    cfg["run"]["progress"] = "off"
+    return cfg
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet18", choices=list(sp.ARCHS))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--sgd-lr", type=float, default=0.01)
+    p.add_argument("--variants", nargs="*", default=list(DEFAULT), help="branches to run")
+    args = p.parse_args()
+    cfg = config(args.arch, args.seed, args.sparsity, args.sgd_lr, args.variants)
+    out = sp.ROOT / "runs" / "sparsity-probe" / f"{args.arch}-{args.seed}-{args.sparsity:g}"
+    shutil.rmtree(out, ignore_errors=True)  # a probe is cheap to repeat: start over
+    t0 = time.monotonic()
+    fipframe.run(cfg, out=out)
+    records = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    print(
+        f"{args.arch} seed {args.seed}, {100 * args.sparsity:g}% sparsity, "
+        f"{time.monotonic() - t0:.0f} s"
+    )
+    print("| branch | val % | test % |\n|---|---|---|")
+    for branch in ["trunk", *cfg["branches"]]:
+        end = [r for r in records if r["kind"] == "stage_end" and r["branch"] == branch][-1]
+        m = end["metrics"]
+        print(
+            f"| {branch} | {100 * m['acc/val/average']:.2f} | {100 * m['acc/test/average']:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
