@@ -108,7 +108,11 @@ def _prune(name: str, sparsity: float) -> dict[str, Any]:
     }
 
 
-def branches(method: str, s: float, budget: int, lr: float) -> list[dict[str, Any]]:
+def branches(
+    method: str, s: float, budget: int, lr: float, *, share: float = FIP_SHARE
+) -> list[dict[str, Any]]:
+    """The stages of one method's branch at sparsity ``s`` (FIP: ``share`` of the budget on
+    the path, the rest masked fine-tuning)."""
     if method == "oneshot":
         return [_prune("prune", s)]
     if method == "oneshot-ft":
@@ -125,7 +129,7 @@ def branches(method: str, s: float, budget: int, lr: float) -> list[dict[str, An
                 _train(f"train-{r}", budget // IMP_ROUNDS, lr, start_from="warmup"),
             ]
         return stages
-    path = int(budget * FIP_SHARE)
+    path = int(budget * share)
     target = {
         "kind": "prune_target",
         "sparsity": s,

@@ -55,12 +55,7 @@ def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any
     budget, lr = a["budget"], a["lr"]
 
     def fip(share: float = sp.FIP_SHARE, **change: Any) -> list[dict[str, Any]]:
-        saved = sp.FIP_SHARE
-        sp.FIP_SHARE = share
-        try:
-            stages = copy.deepcopy(sp.branches("fip", s, budget, lr))
-        finally:
-            sp.FIP_SHARE = saved
+        stages = sp.branches("fip", s, budget, lr, share=share)
         if "alpha" in change:
             stages[0]["integrator"]["alpha"] = change["alpha"]
         if "weight" in change:
