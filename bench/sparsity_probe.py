@@ -24,7 +24,6 @@ Branches (--variants; default gmp, fip, gmp_sgd, fip_sgd_b1):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import time
@@ -35,48 +34,31 @@ import sparsity as sp
 
 import fipframe
 
-SGD = {"name": "sgd", "momentum": 0.9}
-
-
-def with_optimizer(stages: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
-    """The same stages with SGD (momentum 0.9) at ``lr`` in every training stage."""
-    out = copy.deepcopy(stages)
-    for st in out:
-        if st["steps"]:
-            integ = st["integrator"]
-            integ = integ if isinstance(integ, dict) else {"kind": integ}
-            st["integrator"] = {**integ, "lr": lr, "optimizer": SGD}
-    return out
-
 
 def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any]]]:
     """Every branch the probe knows, by name (a branch's name also seeds its batches)."""
     a = sp.ARCHS[arch]
-    budget, lr = a["budget"], a["lr"]
+    budget = a["budget"]
+    adam = {"name": "adam", "lr": a["lr"], **sp.RECIPES["adam"]}
+    sgd = {"name": "sgd", "lr": sgd_lr, **sp.RECIPES["sgd"]}
 
-    def fip(share: float = sp.FIP_SHARE, **change: Any) -> list[dict[str, Any]]:
-        stages = sp.branches("fip", s, budget, lr, share=share)
+    def fip(rec: dict[str, Any], share: float = sp.FIP_SHARE, **change: Any) -> list[Any]:
+        stages = sp.branches("fip", s, budget, rec, share=share)
         if "alpha" in change:
             stages[0]["integrator"]["alpha"] = change["alpha"]
         if "weight" in change:
             stages[0]["objectives"][0]["weight"] = change["weight"]
         return stages
 
-    def fip_sgd(weight: float) -> list[dict[str, Any]]:
-        stages = with_optimizer(fip(), sgd_lr)
-        stages[0]["objectives"][0].update(weight=weight, distance="squared")
-        return stages
-
-    gmp = sp.branches("gmp", s, budget, lr)
     return {
-        f"gmp_{s:g}": gmp,
-        f"fip_{s:g}": fip(),
-        "fip_share07": fip(share=0.7),
-        "fip_alpha01": fip(alpha=0.1),
-        "fip_w1000": fip(weight=1000.0),
-        "gmp_sgd": with_optimizer(gmp, sgd_lr),
-        "fip_sgd_b1": fip_sgd(1.0),
-        "fip_sgd_b03": fip_sgd(0.3),
+        f"gmp_{s:g}": sp.branches("gmp", s, budget, adam),
+        f"fip_{s:g}": fip(adam),
+        "fip_share07": fip(adam, share=0.7),
+        "fip_alpha01": fip(adam, alpha=0.1),
+        "fip_w1000": fip(adam, weight=1000.0),
+        "gmp_sgd": sp.branches("gmp", s, budget, sgd),
+        "fip_sgd_b1": fip(sgd),
+        "fip_sgd_b03": fip(sgd, weight=0.3),
     }
 
 

@@ -1,0 +1,88 @@
+"""bench/sparsity.py: each arch's recipe reaches every method's stages, and the results page
+keeps only runs made under the present recipe, merged from separate processes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+
+import pytest
+
+from fipframe import load_config
+from fipframe.core import value_at
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def sp():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("sparsity")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _training_stages(cfg):
+    for name, stages in cfg.branches.items():
+        for st in stages:
+            if st.steps:
+                yield name, st
+
+
+@pytest.mark.parametrize("arch", ["lenet300", "resnet18"])
+def test_every_method_trains_with_the_arch_recipe(sp, arch):
+    cfg = load_config(sp.config(arch, 0))
+    rec = sp.recipe(arch)
+    want = rec["optimizer"]["name"] if rec["optimizer"] else "adam"
+    seen = set()
+    for name, st in _training_stages(cfg):
+        seen.add(name.split("_")[0])
+        assert st.integrator.optimizer.name == want, (name, st.name)
+        assert value_at(st.integrator.lr, 0.5) == pytest.approx(rec["lr"]), (name, st.name)
+    assert seen == {"oneshot-ft", "gmp", "imp", "fip"}
+    pull = cfg.branches["fip_0.9"][0].objectives[0]
+    assert (pull.distance, pull.weight) == (rec["pull"]["distance"], rec["pull"]["weight"])
+    dense = cfg.stages[1].integrator.lr
+    ends = (value_at(dense, 0.0), value_at(dense, 1.0))
+    if sp.ARCHS[arch]["trunk"] == "cosine":
+        assert ends == pytest.approx((sp.ARCHS[arch]["lr"], 0.0))
+        assert value_at(dense, 0.5) == pytest.approx(sp.ARCHS[arch]["lr"] / 2)
+    else:
+        assert ends == pytest.approx((sp.ARCHS[arch]["lr"],) * 2)
+    # the same examples after the trunk for every method (FIP: half labelled, half stored)
+    budgets = {sp.examples(stages) for stages in sp.config(arch, 0)["branches"].values()}
+    assert budgets == {0, sp.ARCHS[arch]["budget"] * sp.BATCH}
+
+
+def _save(raw_path: str, key: str) -> None:
+    sys.path.insert(0, str(BENCH))
+    mod = importlib.import_module("sparsity")
+    mod.RAW = Path(raw_path)
+    for i in range(20):
+        mod.save(f"{key}/{i}", {"i": i})
+
+
+def test_runs_from_separate_processes_merge_and_stale_recipes_stay_out(sp, tmp_path, capsys):
+    raw_path = tmp_path / "sparsity.json"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save, args=(str(raw_path), k)) for k in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    raw = json.loads(raw_path.read_text())
+    assert sorted(raw) == sorted(f"{k}/{i}" for k in "ab" for i in range(20))
+
+    runs = {
+        "resnet18/0": {"recipe": sp.signature("resnet18")},
+        "resnet18/1": {},  # stored before recipes were recorded: Adam, constant trunk
+        "lenet300/0": {},
+    }
+    assert sp.current(runs, "resnet18") == [runs["resnet18/0"]]
+    assert "resnet18/1" in capsys.readouterr().err
+    assert sp.current(runs, "lenet300") == [runs["lenet300/0"]]
