@@ -8,13 +8,17 @@ bench/sparsity.py. Prints val and test accuracy per branch; writes runs/sparsity
 
 Branches (--variants; default gmp, fip, gmp_sgd, fip_sgd_b1):
 
-- gmp, fip: Adam at the arch's lr, as in bench/sparsity.py (FIP: l2 pull of weight 100).
+- gmp, fip: Adam at the arch's trunk lr, bench/sparsity.py's "adam" recipe (FIP: l2 pull
+  of weight 100), whatever recipe that arch's 3-seed rows use.
   Adam normalises each coordinate, so the pull moves a pruned weight by about lr per step
   whatever its weight. fip_share07, fip_alpha01, fip_w1000 change one FIP setting (path 0.7
   of the budget, alpha 0.1, pull weight 1,000).
-- gmp_sgd, fip_sgd_b1, fip_sgd_b03: SGD with momentum 0.9 at --sgd-lr in every stage of both
-  methods, FIP with a squared pull of weight 1 (or 0.3), whose step on a masked weight is
-  proportional to that weight instead of normalised per coordinate.
+- gmp_sgd, fip_sgd_b1, fip_sgd_b03: the "sgd" recipe, SGD with momentum 0.9 at --sgd-lr in
+  every stage of both methods, FIP with a squared pull of weight 1 (or 0.3), whose step on a
+  masked weight is proportional to that weight instead of normalised per coordinate.
+
+The trunk is always the converged one, whatever the arch's rows use; compare a probe with the
+rows' own recipe through their val numbers (runs/sparsity.json).
 
     python bench/sparsity_probe.py --arch resnet18 --seed 1 --sparsity 0.9   # ~20 min, 2 cores
     python bench/sparsity_probe.py --arch resnet18 --seed 1 --sparsity 0.9 --variants \
