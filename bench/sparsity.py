@@ -116,10 +116,14 @@ FIP_RAMP = 0.9  # of the path over which the target sparsity rises (cubic)
 BATCH = 128
 
 
-def recipe(arch: str) -> dict[str, Any]:
-    """What ``arch``'s branches train with: lr, optimizer (None: Adam) and FIP's pull."""
-    a = ARCHS[arch]
-    return {"name": a["recipe"], "lr": a["branch_lr"], **RECIPES[a["recipe"]]}
+def recipe(name: str, lr: float) -> dict[str, Any]:
+    """Recipe ``name`` of RECIPES at ``lr``: lr, optimizer (None: Adam) and FIP's pull."""
+    return {"name": name, "lr": lr, **RECIPES[name]}
+
+
+def arch_recipe(arch: str) -> dict[str, Any]:
+    """What ``arch``'s branches train with."""
+    return recipe(ARCHS[arch]["recipe"], ARCHS[arch]["branch_lr"])
 
 
 def _integrator(kind: str, lr: Any, optimizer: dict[str, Any] | None) -> dict[str, Any]:
@@ -194,17 +198,18 @@ def branches(
     ]
 
 
-def trunk_lr(arch: str) -> Any:
-    """The dense stage's learning rate: constant, or a half cosine from the arch's lr to 0."""
-    a = ARCHS[arch]
-    if a["trunk"] == "cosine":
-        return {"start": a["lr"], "end": 0.0, "shape": "cosine"}
-    return a["lr"]
+def trunk_lr(arch: str, shape: str | None = None) -> Any:
+    """The dense stage's learning rate, ``shape`` (default: the arch's) constant or a half
+    cosine from the arch's lr to 0."""
+    lr = ARCHS[arch]["lr"]
+    if (shape or ARCHS[arch]["trunk"]) == "cosine":
+        return {"start": lr, "end": 0.0, "shape": "cosine"}
+    return lr
 
 
 def config(arch: str, seed: int) -> dict[str, Any]:
     a = ARCHS[arch]
-    rec = recipe(arch)
+    rec = arch_recipe(arch)
     br = {f"{m}_{s:g}": branches(m, s, a["budget"], rec) for s in a["sparsities"] for m in METHODS}
     return {
         "name": f"sparsity-{arch}",
@@ -280,7 +285,7 @@ def measure(arch: str, seed: int) -> dict[str, Any]:
 
 def signature(arch: str) -> dict[str, Any]:
     """What a stored run must match to sit in ``arch``'s table: trunk shape and recipe."""
-    return {"trunk": ARCHS[arch]["trunk"], **recipe(arch)}
+    return {"trunk": ARCHS[arch]["trunk"], **arch_recipe(arch)}
 
 
 # runs stored before recipes were recorded: constant trunk, Adam at 1e-3, l2 pull of 100
@@ -334,13 +339,13 @@ def write(raw: dict[str, Any]) -> None:
     for arch, runs in table.items():
         a = ARCHS[arch]
         dm, ds = _stats([100 * r["dense"]["test"] for r in runs])
-        rec = recipe(arch)
+        rec = arch_recipe(arch)
         opt = (
             f"SGD (momentum {rec['optimizer']['momentum']}) at {rec['lr']:g}"
             if rec["optimizer"]
             else f"Adam at {rec['lr']:g}"
         )
-        threads = sorted({r.get("threads", 2) for r in runs})
+        threads = sorted({r.get("threads", 2) for r in runs})  # unrecorded: torch's 2
         lines += [
             f"## {arch} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
             "",

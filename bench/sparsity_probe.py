@@ -43,8 +43,7 @@ def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any
     """Every branch the probe knows, by name (a branch's name also seeds its batches)."""
     a = sp.ARCHS[arch]
     budget = a["budget"]
-    adam = {"name": "adam", "lr": a["lr"], **sp.RECIPES["adam"]}
-    sgd = {"name": "sgd", "lr": sgd_lr, **sp.RECIPES["sgd"]}
+    adam, sgd = sp.recipe("adam", a["lr"]), sp.recipe("sgd", sgd_lr)
 
     def fip(rec: dict[str, Any], share: float = sp.FIP_SHARE, **change: Any) -> list[Any]:
         stages = sp.branches("fip", s, budget, rec, share=share)
@@ -70,10 +69,8 @@ DEFAULT = ("gmp", "fip", "gmp_sgd", "fip_sgd_b1")
 
 
 def config(arch: str, seed: int, s: float, sgd_lr: float, names: list[str]) -> dict[str, Any]:
-    a = sp.ARCHS[arch]
     cfg = sp.config(arch, seed)
-    cosine = {"start": a["lr"], "end": 0.0, "shape": "cosine"}
-    cfg["stages"][1]["integrator"] = {"kind": "gradient", "lr": cosine}
+    cfg["stages"][1]["integrator"]["lr"] = sp.trunk_lr(arch, "cosine")
     known = variants(arch, s, sgd_lr)
     full = [f"{n}_{s:g}" if n in ("gmp", "fip") else n for n in names]
     unknown = [n for n in full if n not in known]

@@ -36,7 +36,7 @@ def _training_stages(cfg):
 @pytest.mark.parametrize("arch", ["lenet300", "resnet18"])
 def test_every_method_trains_with_the_arch_recipe(sp, arch):
     cfg = load_config(sp.config(arch, 0))
-    rec = sp.recipe(arch)
+    rec = sp.arch_recipe(arch)
     want = rec["optimizer"]["name"] if rec["optimizer"] else "adam"
     seen = set()
     for name, st in _training_stages(cfg):
