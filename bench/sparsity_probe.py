@@ -13,6 +13,8 @@ Branches (--variants; default gmp, fip, gmp_sgd, fip_sgd_b1):
   Adam normalises each coordinate, so the pull moves a pruned weight by about lr per step
   whatever its weight. fip_share07, fip_alpha01, fip_w1000 change one FIP setting (path 0.7
   of the budget, alpha 0.1, pull weight 1,000).
+- fip_eps<e> (e.g. fip_eps0.1): the papers' step (integrator eps_step: length e along the
+  penalty's gradient) on the path, the arch's own recipe for the pull and fine-tuning.
 - gmp_sgd, fip_sgd_b1, fip_sgd_b03: the "sgd" recipe, SGD with momentum 0.9 at --sgd-lr in
   every stage of both methods, FIP with a squared pull of weight 1 (or 0.3), whose step on a
   masked weight is proportional to that weight instead of normalised per coordinate.
@@ -39,7 +41,9 @@ import sparsity as sp
 import fipframe
 
 
-def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any]]]:
+def variants(
+    arch: str, s: float, sgd_lr: float, eps: tuple[float, ...] = ()
+) -> dict[str, list[dict[str, Any]]]:
     """Every branch the probe knows, by name (a branch's name also seeds its batches)."""
     a = sp.ARCHS[arch]
     budget = a["budget"]
@@ -53,6 +57,13 @@ def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any
             stages[0]["objectives"][0]["weight"] = change["weight"]
         return stages
 
+    def fip_eps(e: float) -> list[Any]:
+        # the papers' step: fixed length e along the penalty's gradient, then the arch's own
+        # fine-tuning; the pull and task term as in the arch's recipe
+        stages = sp.branches("fip", s, budget, sp.arch_recipe(arch))
+        stages[0]["integrator"] = {"kind": "eps_step", "eps": e, "alpha": 1.0}
+        return stages
+
     return {
         f"gmp_{s:g}": sp.branches("gmp", s, budget, adam),
         f"fip_{s:g}": fip(adam),
@@ -62,6 +73,7 @@ def variants(arch: str, s: float, sgd_lr: float) -> dict[str, list[dict[str, Any
         "gmp_sgd": sp.branches("gmp", s, budget, sgd),
         "fip_sgd_b1": fip(sgd),
         "fip_sgd_b03": fip(sgd, weight=0.3),
+        **{f"fip_eps{e:g}": fip_eps(e) for e in eps},
     }
 
 
@@ -71,7 +83,14 @@ DEFAULT = ("gmp", "fip", "gmp_sgd", "fip_sgd_b1")
 def config(arch: str, seed: int, s: float, sgd_lr: float, names: list[str]) -> dict[str, Any]:
     cfg = sp.config(arch, seed)
     cfg["stages"][1]["integrator"]["lr"] = sp.trunk_lr(arch, "cosine")
-    known = variants(arch, s, sgd_lr)
+    try:
+        eps = tuple(float(n.removeprefix("fip_eps")) for n in names if n.startswith("fip_eps"))
+    except ValueError:
+        bad = [n for n in names if n.startswith("fip_eps")]
+        raise SystemExit(
+            f"--variants: fip_eps<length> takes a number, e.g. fip_eps0.1; got {bad}"
+        ) from None
+    known = variants(arch, s, sgd_lr, eps)
     full = [f"{n}_{s:g}" if n in ("gmp", "fip") else n for n in names]
     unknown = [n for n in full if n not in known]
     if unknown:

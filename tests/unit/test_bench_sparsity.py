@@ -86,3 +86,22 @@ def test_runs_from_separate_processes_merge_and_stale_recipes_stay_out(sp, tmp_p
     assert sp.current(runs, "resnet18") == [runs["resnet18/0"]]
     assert "resnet18/1" in capsys.readouterr().err
     assert sp.current(runs, "lenet300") == [runs["lenet300/0"]]
+
+
+def test_probe_eps_variants_use_the_papers_step_at_equal_examples(sp):
+    probe = importlib.import_module("sparsity_probe")  # bench/ is on sys.path through `sp`
+    raw = probe.config("lenet300", 0, 0.98, 0.01, ["gmp", "fip", "fip_eps0.5", "fip_eps2"])
+    cfg = load_config(raw)
+    assert set(cfg.branches) == {"gmp_0.98", "fip_0.98", "fip_eps0.5", "fip_eps2"}
+    for name, eps in (("fip_eps0.5", 0.5), ("fip_eps2", 2.0)):
+        path, finetune = cfg.branches[name]
+        assert path.integrator.kind == "eps_step"
+        assert value_at(path.integrator.eps, 0.3) == pytest.approx(eps)
+        # everything but the step rule is the FIP branch of the arch's recipe
+        assert path.objectives == cfg.branches["fip_0.98"][0].objectives
+        assert finetune == cfg.branches["fip_0.98"][1]
+    assert {sp.examples(st) for st in raw["branches"].values()} == {
+        sp.ARCHS["lenet300"]["budget"] * sp.BATCH
+    }
+    with pytest.raises(SystemExit, match="fip_eps<length> takes a number.*fip_epsx"):
+        probe.config("lenet300", 0, 0.98, 0.01, ["fip_epsx"])
