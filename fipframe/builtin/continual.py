@@ -254,7 +254,7 @@ class LwF(SecondaryObjective):
             return None
         idx = self.sampler.indices(step)
         self._teacher = self.teacher[idx]
-        return Batch(self.split.x[idx])
+        return Batch(self.split.x[idx], key=("task", self.sampler.name))  # task_ce's rows
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         if logits is None or self._teacher is None:

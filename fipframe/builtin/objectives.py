@@ -39,7 +39,7 @@ class TaskCE(SecondaryObjective):
 
     def sample(self, step: int) -> Batch:
         idx = self.sampler.indices(step)
-        return Batch(self.split.x[idx], self.split.y[idx])
+        return Batch(self.split.x[idx], self.split.y[idx], key=("task", self.sampler.name))
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         assert logits is not None and batch is not None
@@ -65,7 +65,11 @@ class FromMemory(SecondaryObjective):
         if self.sampler is None:
             return None
         self.idx = self.sampler.indices(step)
-        return Batch(self.memory.inputs[self.idx], self.memory.targets[self.idx])  # type: ignore[index]
+        return Batch(
+            self.memory.inputs[self.idx],  # type: ignore[index]
+            self.memory.targets[self.idx],  # type: ignore[index]
+            key=("memory", self.sampler.name),
+        )
 
 
 class ReplayCE(FromMemory):

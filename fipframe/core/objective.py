@@ -4,7 +4,8 @@ An objective returns a loss term; the engine sums the weighted terms and never l
 objective mutate shared state. If an objective needs a forward pass it says which inputs by
 returning a :class:`Batch` from :meth:`sample`; the engine runs a single forward on all
 objectives' inputs (and the stored inputs of the invariance term) concatenated, and hands
-each objective its own slice of the logits.
+each objective its own slice of the logits. Batches that name the same rows through their
+``key`` (LwF draws the same task batches as ``task_ce``) go through that forward once.
 
 Methods that remember earlier tasks (EWC, SI) keep what they learned in ``StageContext.carry``,
 a flat ``name -> tensor`` dict that belongs to the path: it follows a branch from the trunk,
@@ -16,7 +17,7 @@ An objective may write to it in :meth:`SecondaryObjective.bind` and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -33,10 +34,16 @@ if TYPE_CHECKING:
 
 
 class Batch(NamedTuple):
-    """Inputs (already on the device) and optional integer targets."""
+    """Inputs (already on the device), optional integer targets, and where the rows came from.
+
+    ``key`` names the rows, e.g. ``("task", sampler.name)``: within one step, batches with equal
+    keys must hold the same inputs, and the engine forwards them once and hands each of their
+    objectives the same logits. ``None`` (the default): never shared.
+    """
 
     inputs: Tensor
     targets: Tensor | None = None
+    key: Hashable | None = None
 
 
 @dataclass

@@ -345,7 +345,20 @@ class Traversal:
         sink: list[Params] | None = None,
     ) -> StepProblem:
         batches = [o.sample(step) for o in st.objectives]
-        inputs = [b.inputs for b in batches if b is not None]
+        # one forward per distinct batch: objectives whose batches share a key share its logits
+        inputs: list[Tensor] = []
+        slot: list[int | None] = []  # per objective: its batch's place in ``inputs``
+        placed: dict[Any, int] = {}
+        for b in batches:
+            if b is None:
+                slot.append(None)
+            elif b.key is not None and b.key in placed:
+                slot.append(placed[b.key])
+            else:
+                if b.key is not None:
+                    placed[b.key] = len(inputs)
+                slot.append(len(inputs))
+                inputs.append(b.inputs)
         mem_x = mem_ref = None
         if st.stored is not None:
             idx = st.stored.indices(step)
@@ -362,10 +375,9 @@ class Traversal:
                 everything = torch.cat(inputs + ([mem_x] if fuse else []))  # type: ignore[list-item]
                 logits = list(torch.split(adapter.forward(p, everything), sizes))
             parts: dict[str, Tensor] = {}
-            it = iter(logits)
             total: Tensor | None = None
-            for obj, batch, w in zip(st.objectives, batches, weights, strict=True):
-                term = obj.loss(p, next(it) if batch is not None else None, batch)
+            for obj, batch, w, k in zip(st.objectives, batches, weights, slot, strict=True):
+                term = obj.loss(p, logits[k] if k is not None else None, batch)
                 name = obj.config.kind
                 parts[name] = parts[name] + term if name in parts else term
                 total = w * term if total is None else total + w * term
@@ -374,7 +386,7 @@ class Traversal:
             divergence = None
             if wants_div:
                 if fuse:
-                    mem_logits = next(it)
+                    mem_logits = logits[-1]
                 else:
                     adapter.train(False)
                     mem_logits = adapter.forward(p, mem_x)

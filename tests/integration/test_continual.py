@@ -275,3 +275,32 @@ def test_ewc_folds_every_task_into_one_quadratic_without_changing_it():
         strict=True,
     ):
         torch.testing.assert_close(a, b)
+
+
+def test_lwf_shares_task_ce_forward(tmp_path):
+    """LwF distils on task_ce's own batches: one forward of the batch, not two."""
+    ends = {}
+    for name, objs in {
+        "ce": ["task_ce"],
+        "lwf0": ["task_ce", {"kind": "lwf", "weight": 0.0}],
+        "lwf": ["task_ce", "lwf"],
+    }.items():
+        cfg = _config({"b": objs})
+        cfg["branches"]["b"] = cfg["branches"]["b"][:1]
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
+        torch.manual_seed(0)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        rows: list[int] = []
+        model.register_forward_pre_hook(
+            lambda m, args, rows=rows: rows.append(args[0].shape[0]) if m.training else None
+        )
+        run(load_config(cfg), out=tmp_path / name, model=model)
+        # every training forward (trunk and branch) holds one batch of 32 rows
+        assert rows and set(rows) == {32}, (name, sorted(set(rows)))
+        ends[name] = end_points(tmp_path / name)["b"]
+    # a zero-weight LwF adds nothing: the same forward, the same end point, bit for bit
+    assert all(torch.equal(ends["lwf0"][k], ends["ce"][k]) for k in ends["ce"])
+    assert not all(torch.equal(ends["lwf"][k], ends["ce"][k]) for k in ends["ce"])
