@@ -349,10 +349,16 @@ class Traversal:
         inputs: list[Tensor] = []
         slot: list[int | None] = []  # per objective: its batch's place in ``inputs``
         placed: dict[Any, int] = {}
-        for b in batches:
+        for obj, b in zip(st.objectives, batches, strict=True):
             if b is None:
                 slot.append(None)
             elif b.key is not None and b.key in placed:
+                if b.inputs.shape != inputs[placed[b.key]].shape:
+                    raise TraversalError(
+                        f"objective {obj.config.kind}: batch key {b.key!r} names rows of shape "
+                        f"{tuple(inputs[placed[b.key]].shape)}, but its inputs have shape "
+                        f"{tuple(b.inputs.shape)}; equal keys must hold the same inputs"
+                    )
                 slot.append(placed[b.key])
             else:
                 if b.key is not None:

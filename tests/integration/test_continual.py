@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Literal
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ import torch
 import fipframe
 from fipframe.api import load_config, run
 from fipframe.builtin.continual import EWC, SI, EWCConfig, SIConfig
+from fipframe.core.configs import PluginConfig
+from fipframe.core.objective import Batch, SecondaryObjective
+from fipframe.errors import TraversalError
 from fipframe.plugins import make_plugin_manager
 from fipframe.traversal.artifact import load_point
 
@@ -304,3 +308,36 @@ def test_lwf_shares_task_ce_forward(tmp_path):
     # a zero-weight LwF adds nothing: the same forward, the same end point, bit for bit
     assert all(torch.equal(ends["lwf0"][k], ends["ce"][k]) for k in ends["ce"])
     assert not all(torch.equal(ends["lwf"][k], ends["ce"][k]) for k in ends["ce"])
+
+
+class HalfBatchPlugin:
+    """An objective that claims task_ce's key but draws half as many rows: a broken plugin."""
+
+    class Config(PluginConfig):
+        kind: Literal["half_batch"] = "half_batch"
+
+    class HalfBatch(SecondaryObjective):
+        def bind(self, ctx):
+            self.x = ctx.task.train.x
+            self.sampler = ctx.sampler("task_ce", len(self.x), ctx.batch_size // 2)
+
+        def sample(self, step):
+            return Batch(self.x[self.sampler.indices(step)], key=("task", "task_ce"))
+
+        def loss(self, params, logits, batch):
+            return logits.square().mean()
+
+    @fipframe.hookimpl
+    def fipframe_register_objectives(self):
+        return [fipframe.Spec("half_batch", self.Config, self.HalfBatch, "broken key")]
+
+
+def test_a_key_shared_by_different_inputs_is_refused(tmp_path):
+    cfg = _config({"b": ["task_ce", "half_batch"]})
+    pm = make_plugin_manager(plugins=[HalfBatchPlugin()])
+    with pytest.raises(
+        TraversalError,
+        match=r"objective half_batch: batch key .*\(32, 1, 28, 28\).*"
+        r"\(16, 1, 28, 28\)",
+    ):
+        run(load_config(cfg, pm=pm), out=tmp_path / "r")
