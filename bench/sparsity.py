@@ -111,6 +111,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 METHODS = ("oneshot", "oneshot-ft", "gmp", "imp", "fip")
 IMP_ROUNDS = 3
+GMP_SCHEDULE = {"schedule": "cubic", "ramp": 0.7, "every": 50}  # GMP's hard masks
 FIP_SHARE = 0.9  # of the budget on the path; the rest is masked fine-tuning
 FIP_RAMP = 0.9  # of the path over which the target sparsity rises (cubic)
 BATCH = 128
@@ -164,8 +165,7 @@ def branches(
     if method == "oneshot-ft":
         return [_prune("prune", s), _train("finetune", budget, lr, opt)]
     if method == "gmp":
-        ramp = {"sparsity": s, "schedule": "cubic", "ramp": 0.7, "every": 50}
-        return [_train("gradual", budget, lr, opt, prune=ramp)]
+        return [_train("gradual", budget, lr, opt, prune={**GMP_SCHEDULE, "sparsity": s})]
     if method == "imp":
         stages = []
         for r in range(1, IMP_ROUNDS + 1):

@@ -15,6 +15,11 @@ Branches (--variants; default gmp, fip, gmp_sgd, fip_sgd_b1):
   of the budget, alpha 0.1, pull weight 1,000).
 - fip_eps<e> (e.g. fip_eps0.1): the papers' step (integrator eps_step: length e along the
   penalty's gradient) on the path, the arch's own recipe for the pull and fine-tuning.
+- fip_alpha0, fip_mem32: the arch's own recipe with no invariance term (alpha 0: the pull and
+  the task loss alone), or with a quarter of each batch on stored inputs instead of half.
+- fip_hard, fip_hard_mem32: the path under GMP's hard masks (cubic over 0.7 of the whole
+  budget, mask every 50 steps) with the KL invariance term on stored inputs and the task
+  loss, no separate pull or fine-tuning: GMP with FIP's invariance added, at equal examples.
 - gmp_sgd, fip_sgd_b1, fip_sgd_b03: the "sgd" recipe, SGD with momentum 0.9 at --sgd-lr in
   every stage of both methods, FIP with a squared pull of weight 1 (or 0.3), whose step on a
   masked weight is proportional to that weight instead of normalised per coordinate.
@@ -57,6 +62,21 @@ def variants(
             stages[0]["objectives"][0]["weight"] = change["weight"]
         return stages
 
+    def own(memory: int = sp.BATCH // 2, alpha: float = 1.0, hard: bool = False) -> list[Any]:
+        # the arch's own recipe with the path's batch split or invariance weight changed; hard:
+        # GMP's hard mask schedule on the path over the whole budget instead of the pull
+        stages = sp.branches(
+            "fip", s, budget, sp.arch_recipe(arch), share=1.0 if hard else sp.FIP_SHARE
+        )
+        path = stages[0]
+        path["integrator"]["alpha"] = alpha
+        path["batch_size"], path["memory_batch"] = sp.BATCH - memory, memory
+        if hard:
+            path["objectives"] = ["task_ce"]
+            path["prune"] = {**sp.GMP_SCHEDULE, "sparsity": s}
+            return [path]
+        return stages
+
     def fip_eps(e: float) -> list[Any]:
         # the papers' step: fixed length e along the penalty's gradient, then the arch's own
         # fine-tuning; the pull and task term as in the arch's recipe
@@ -70,6 +90,10 @@ def variants(
         "fip_share07": fip(adam, share=0.7),
         "fip_alpha01": fip(adam, alpha=0.1),
         "fip_w1000": fip(adam, weight=1000.0),
+        "fip_alpha0": own(alpha=0.0),
+        "fip_mem32": own(memory=sp.BATCH // 4),
+        "fip_hard": own(hard=True),
+        "fip_hard_mem32": own(memory=sp.BATCH // 4, hard=True),
         "gmp_sgd": sp.branches("gmp", s, budget, sgd),
         "fip_sgd_b1": fip(sgd),
         "fip_sgd_b03": fip(sgd, weight=0.3),

@@ -105,3 +105,26 @@ def test_probe_eps_variants_use_the_papers_step_at_equal_examples(sp):
     }
     with pytest.raises(SystemExit, match="fip_eps<length> takes a number.*fip_epsx"):
         probe.config("lenet300", 0, 0.98, 0.01, ["fip_epsx"])
+
+
+def test_probe_invariance_variants_change_only_what_they_name(sp):
+    probe = importlib.import_module("sparsity_probe")
+    names = ["gmp", "fip", "fip_alpha0", "fip_mem32", "fip_hard"]
+    raw = probe.config("lenet300", 0, 0.98, 0.01, names)
+    cfg = load_config(raw)
+    fip, gmp = cfg.branches["fip_0.98"], cfg.branches["gmp_0.98"]
+    assert cfg.branches["fip_alpha0"][0].integrator.alpha == 0.0
+    mem32 = cfg.branches["fip_mem32"][0]
+    assert (mem32.batch_size, mem32.memory_batch) == (96, 32)
+    for name in ("fip_alpha0", "fip_mem32"):  # the rest of the path and the fine-tuning as FIP's
+        path, finetune = cfg.branches[name]
+        assert path.objectives == fip[0].objectives and path.prune == fip[0].prune
+        assert finetune == fip[1]
+    # fip_hard: GMP's hard mask schedule over the whole budget, FIP's invariance term, no pull
+    (hard,) = cfg.branches["fip_hard"]
+    assert hard.prune == gmp[0].prune and hard.steps == gmp[0].steps
+    assert hard.metric == fip[0].metric and hard.integrator == fip[0].integrator
+    assert [o.kind for o in hard.objectives] == ["task_ce"]
+    assert {sp.examples(st) for st in raw["branches"].values()} == {
+        sp.ARCHS["lenet300"]["budget"] * sp.BATCH
+    }
