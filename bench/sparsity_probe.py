@@ -54,35 +54,37 @@ def variants(
     budget = a["budget"]
     adam, sgd = sp.recipe("adam", a["lr"]), sp.recipe("sgd", sgd_lr)
 
-    def fip(rec: dict[str, Any], share: float = sp.FIP_SHARE, **change: Any) -> list[Any]:
-        stages = sp.branches("fip", s, budget, rec, share=share)
-        if "alpha" in change:
-            stages[0]["integrator"]["alpha"] = change["alpha"]
-        if "weight" in change:
-            stages[0]["objectives"][0]["weight"] = change["weight"]
-        return stages
-
-    def own(memory: int = sp.BATCH // 2, alpha: float = 1.0, hard: bool = False) -> list[Any]:
-        # the arch's own recipe with the path's batch split or invariance weight changed; hard:
-        # GMP's hard mask schedule on the path over the whole budget instead of the pull
-        stages = sp.branches(
-            "fip", s, budget, sp.arch_recipe(arch), share=1.0 if hard else sp.FIP_SHARE
-        )
+    def fip(
+        rec: dict[str, Any],
+        share: float = sp.FIP_SHARE,
+        *,
+        alpha: float | None = None,
+        weight: float | None = None,
+        memory: int | None = None,
+        eps: float | None = None,
+        hard: bool = False,
+    ) -> list[Any]:
+        """FIP's branch under ``rec`` with the named path settings changed: invariance weight
+        ``alpha``, pull ``weight``, ``memory`` stored inputs per batch of BATCH, the papers'
+        step of length ``eps``; ``hard``: GMP's hard mask schedule over the whole budget
+        instead of the pull and the fine-tuning."""
+        stages = sp.branches("fip", s, budget, rec, share=1.0 if hard else share)
         path = stages[0]
-        path["integrator"]["alpha"] = alpha
-        path["batch_size"], path["memory_batch"] = sp.BATCH - memory, memory
+        if alpha is not None:
+            path["integrator"]["alpha"] = alpha
+        if weight is not None:
+            path["objectives"][0]["weight"] = weight
+        if memory is not None:
+            path["batch_size"], path["memory_batch"] = sp.BATCH - memory, memory
+        if eps is not None:
+            path["integrator"] = {"kind": "eps_step", "eps": eps, "alpha": 1.0}
         if hard:
             path["objectives"] = ["task_ce"]
             path["prune"] = {**sp.GMP_SCHEDULE, "sparsity": s}
             return [path]
         return stages
 
-    def fip_eps(e: float) -> list[Any]:
-        # the papers' step: fixed length e along the penalty's gradient, then the arch's own
-        # fine-tuning; the pull and task term as in the arch's recipe
-        stages = sp.branches("fip", s, budget, sp.arch_recipe(arch))
-        stages[0]["integrator"] = {"kind": "eps_step", "eps": e, "alpha": 1.0}
-        return stages
+    own = sp.arch_recipe(arch)
 
     return {
         f"gmp_{s:g}": sp.branches("gmp", s, budget, adam),
@@ -90,14 +92,14 @@ def variants(
         "fip_share07": fip(adam, share=0.7),
         "fip_alpha01": fip(adam, alpha=0.1),
         "fip_w1000": fip(adam, weight=1000.0),
-        "fip_alpha0": own(alpha=0.0),
-        "fip_mem32": own(memory=sp.BATCH // 4),
-        "fip_hard": own(hard=True),
-        "fip_hard_mem32": own(memory=sp.BATCH // 4, hard=True),
+        "fip_alpha0": fip(own, alpha=0.0),
+        "fip_mem32": fip(own, memory=sp.BATCH // 4),
+        "fip_hard": fip(own, hard=True),
+        "fip_hard_mem32": fip(own, memory=sp.BATCH // 4, hard=True),
         "gmp_sgd": sp.branches("gmp", s, budget, sgd),
         "fip_sgd_b1": fip(sgd),
         "fip_sgd_b03": fip(sgd, weight=0.3),
-        **{f"fip_eps{e:g}": fip_eps(e) for e in eps},
+        **{f"fip_eps{e:g}": fip(own, eps=e) for e in eps},
     }
 
 
