@@ -16,6 +16,7 @@ Usage: python bench/sparsity_step.py [--steps 200] [--device cpu|cuda] [--arch l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 from typing import Any
@@ -34,7 +35,8 @@ from fipframe.core.sparsity import (
 )
 from fipframe.data.memory import Memory
 from fipframe.plugins import make_plugin_manager
-from fipframe.traversal.engine import Traversal
+from fipframe.traversal.build import build_components, build_stage
+from fipframe.traversal.step import make_problem
 
 MODELS = {
     "lenet300": {"kind": "lenet300"},
@@ -88,25 +90,30 @@ def main() -> None:
     args = ap.parse_args()
     pm = make_plugin_manager(entry_points_enabled=False)
     runners = {}
-    trav = None
+    comp = None
     for name, every in (("finetune", 50), ("fip", 50), ("fip-every", 1), ("host-sort", 10**9)):
         config = load_config(_config(MODELS[args.arch], args.device, every), pm=pm)
-        trav = trav or Traversal(config, pm=pm, registry=pm.registry)
-        trav.config = config
-        params0 = trav.adapter.params()
+        comp = (
+            build_components(config, pm=pm, registry=pm.registry)
+            if comp is None
+            else dataclasses.replace(comp, config=config)  # same model and data, other stages
+        )
+        params0 = comp.adapter.params()
         memory = Memory(2000, seed=0)
-        memory.add_task(0, trav.tasks.tasks[0], lambda x, p=params0, tr=trav: tr._logits(p, x))
+        memory.add_task(
+            0, comp.tasks.tasks[0], lambda x, p=params0, c=comp: c.evaluator.logits(p, x)
+        )
         branch = "finetune" if name == "finetune" else "fip"
         stage = config.branches[branch][0]
         carry: dict[str, torch.Tensor] = {}
         if name == "finetune":  # a pruned network: masks at 95% by magnitude
             store_masks(carry, magnitude_masks(params0, SparsityConfig(sparsity=0.95), 0.95))
-        st = trav._build_stage(branch, 0, stage, params0, memory, [], carry)
+        st = build_stage(comp, branch, 0, stage, params0, memory, [], carry)
         masks = masks_in(carry)
         target = st.objectives[0] if name != "finetune" else None
         box = {"p": apply_masks(params0, masks), "s": st.integrator.init(params0), "t": 0}
 
-        def step(st=st, box=box, masks=masks, target=target, name=name, memory=memory, trav=trav):
+        def step(st=st, box=box, masks=masks, target=target, name=name, memory=memory, comp=comp):
             t = box["t"]
             if target is not None:
                 if name == "host-sort":
@@ -114,7 +121,7 @@ def main() -> None:
                     target.masks = host_sort_masks(box["p"], chosen, 0.95)
                 elif t % target.refresh_every == 0:
                     target.refresh(box["p"], t)
-            problem = trav._problem(st, memory, t, 0.0)
+            problem = make_problem(comp, st, memory, t, 0.0)
             box["p"], box["s"], _ = st.integrator.step(box["p"], box["s"], problem)
             if masks:
                 box["p"] = apply_masks(box["p"], masks)
@@ -123,8 +130,8 @@ def main() -> None:
         if target is not None:
             target.refresh(box["p"], 0)
         runners[name] = step
-    assert trav is not None
-    dev = trav.device
+    assert comp is not None
+    dev = comp.device
 
     times = interleaved(runners, dev, args.warmup, args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}

@@ -27,7 +27,8 @@ from interleave import interleaved
 
 from fipframe.api import load_config
 from fipframe.plugins import make_plugin_manager
-from fipframe.traversal.engine import Traversal
+from fipframe.traversal.build import Components, build_components, build_stage
+from fipframe.traversal.step import make_problem
 
 CONFIG = {
     "name": "bench",
@@ -76,7 +77,7 @@ def bhattacharyya(logits, anchor_logits):
 class AuthorsStyle:
     """One step in the style of the authors' code (see module docstring)."""
 
-    def __init__(self, trav: Traversal, memory):
+    def __init__(self, trav: Components, memory):
         self.net = copy.deepcopy(trav.adapter.model)
         self.anchor = copy.deepcopy(trav.adapter.model)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
@@ -108,7 +109,7 @@ def main() -> None:
     CONFIG["run"]["device"] = args.device
     pm = make_plugin_manager(entry_points_enabled=False)
     config = load_config(CONFIG, pm=pm)
-    trav = Traversal(config, pm=pm, registry=pm.registry)
+    trav = build_components(config, pm=pm, registry=pm.registry)
     dev = trav.device
     from fipframe.data.memory import Memory
 
@@ -119,11 +120,11 @@ def main() -> None:
     runners = {}
     for name in ("replay", "fip"):
         stage = config.branches[name][0]
-        st = trav._build_stage(name, 0, stage, params0, memory, [], {})
+        st = build_stage(trav, name, 0, stage, params0, memory, [], {})
         box = {"p": params0, "s": st.integrator.init(params0), "t": 0}
 
         def step(st=st, box=box, stage=stage):
-            problem = trav._problem(st, memory, box["t"], 0.0)
+            problem = make_problem(trav, st, memory, box["t"], 0.0)
             box["p"], box["s"], _ = st.integrator.step(box["p"], box["s"], problem)
             box["t"] += 1
 

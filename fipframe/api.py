@@ -73,13 +73,23 @@ def build(
     *,
     out: str | Path | None = None,
     model: Any = None,
+    data: Any = None,
 ) -> Traversal:
-    """Build a traversal from a config (validated first if it is a mapping or a file)."""
+    """Build a traversal from a config (validated first if it is a mapping or a file).
+
+    Args:
+        model: your own ``torch.nn.Module`` (or a :class:`fipframe.ArchitectureAdapter` that
+            says which parameters move, which are frozen and how to prune it) instead of the
+            config's ``model:``, which may then be left out.
+        data: your own tasks instead of the config's ``data:``: a ``TaskSequence``, a list of
+            per-task tensors ``(x_train, y_train, x_test, y_test[, x_val, y_val])`` or a list of
+            per-task torch Datasets (see :func:`fipframe.data.user.task_sequence`).
+    """
     if not isinstance(config, RunBase):
         config = load_config(config)
     cls = type(config)
     pm = cls.plugin_manager or plugins.make_plugin_manager()
-    return Traversal(config, pm=pm, registry=cls.registry, out=out, model=model)
+    return Traversal(config, pm=pm, registry=cls.registry, out=out, model=model, data=data)
 
 
 def run(
@@ -88,12 +98,30 @@ def run(
     out: str | Path | None = None,
     resume: bool = False,
     model: Any = None,
+    data: Any = None,
 ) -> RunResult:
     """Build and run a traversal; with ``resume=True`` continue the run in ``out``."""
-    return build(config, out=out, model=model).run(resume=resume)
+    return build(config, out=out, model=model, data=data).run(resume=resume)
 
 
-def resume(run_dir: str | Path, *, pm: plugins.FipPluginManager | None = None) -> RunResult:
-    """Continue an interrupted run from its last checkpoint, with its saved config."""
-    config = load_config(Path(run_dir) / "config.yaml", pm=pm)
-    return run(config, out=run_dir, resume=True)
+def resume(
+    run_dir: str | Path,
+    *,
+    model: Any = None,
+    data: Any = None,
+    overrides: Iterable[str] = (),
+    pm: plugins.FipPluginManager | None = None,
+) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, with its saved config.
+
+    A run whose model or data was passed from Python needs the same ``model=`` / ``data=``
+    again (a fresh instance of the module: its weights come from the checkpoint).
+    """
+    from fipframe.traversal import origin
+
+    root = Path(run_dir)
+    if not (root / "config.yaml").is_file():
+        raise ConfigError(f"{root}: not a run directory (no config.yaml)")
+    origin.require(root, origin.read(root), model, data, "resume")
+    config = load_config(root / "config.yaml", overrides=overrides, pm=pm)
+    return run(config, out=root, resume=True, model=model, data=data)

@@ -29,21 +29,22 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fipframe.api import load_config, run
+    from fipframe.api import resume, run
 
+    for failure in args.pm.failures:
+        print(f"warning: {failure}", file=sys.stderr)
     if args.resume:
         if args.config or args.preset:
             raise ConfigError("--resume takes the run directory only; its config.yaml is used")
-        run_dir = Path(args.resume)
-        config = load_config(run_dir / "config.yaml", overrides=args.set or (), pm=args.pm)
-        out: Path = run_dir
+        out: Path = Path(args.resume)
     else:
         config = _load(args)
         out = Path(args.out) if args.out else Path("runs") / config.name
-    for failure in args.pm.failures:
-        print(f"warning: {failure}", file=sys.stderr)
     try:
-        result = run(config, out=out, resume=bool(args.resume))
+        if args.resume:
+            result = resume(out, overrides=args.set or (), pm=args.pm)
+        else:
+            result = run(config, out=out)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; the last chunk is saved. Resume with: fipframe run --resume {out}",

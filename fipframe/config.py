@@ -46,6 +46,16 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class LoaderConfig(_Frozen):
+    """How streamed data is read (``run.stream: true`` or Datasets passed from Python)."""
+
+    workers: int = Field(2, ge=0, description="DataLoader worker processes (0: in the main one)")
+    prefetch: int = Field(2, ge=1, description="batches each worker loads ahead")
+    pin_memory: bool | None = Field(
+        None, description="page-locked host batches for fast copies (None: when on a GPU)"
+    )
+
+
 class RunSettings(_Frozen):
     """How the traversal runs (not what it computes)."""
 
@@ -75,6 +85,12 @@ class RunSettings(_Frozen):
         description="training batches that recompute BatchNorm statistics when the weights jump "
         "(hard pruning, rewinding, a branch start, resume); 0: never",
     )
+    stream: bool = Field(
+        False,
+        description="read training batches through a DataLoader instead of keeping every split "
+        "on the device (for data that does not fit; same batches, same results)",
+    )
+    loader: LoaderConfig = Field(LoaderConfig(), description="DataLoader settings when streaming")
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -182,8 +198,14 @@ def config_model(registry: Registry, pm: Any = None) -> type[RunBase]:
     run = create_model(
         "RunConfig",
         __base__=RunBase,
-        model=(_slot(registry, "adapter"), Field(description="architecture")),
-        data=(_slot(registry, "dataset"), Field(description="task sequence")),
+        model=(
+            Optional[_slot(registry, "adapter")],  # noqa: UP045
+            Field(None, description="architecture (optional when model= is passed from Python)"),
+        ),
+        data=(
+            Optional[_slot(registry, "dataset")],  # noqa: UP045
+            Field(None, description="task sequence (optional when data= is passed from Python)"),
+        ),
         manifold=(
             _slot(registry, "manifold"),
             Field(

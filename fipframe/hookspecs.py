@@ -153,19 +153,22 @@ def fipframe_check_config(config: Any, registry: Registry) -> list[str] | None:
 
 @hookspec(firstresult=True)
 def fipframe_resolve_adapter(
-    model: Any, traversable: tuple[str, ...]
+    model: Any, traversable: tuple[str, ...], frozen: tuple[str, ...]
 ) -> ArchitectureAdapter | None:
     """Return an adapter for a model given from Python (``fipframe.build(config, model=m)``).
 
-    The first non-None result wins; the built-in fallback adapts any plain ``torch.nn.Module``
-    and is tried last.
+    ``traversable`` and ``frozen`` are the config's ``model.traversable`` / ``model.frozen``
+    globs when the config has a ``model:``, else ``("*",)`` and ``()``. The first non-None result
+    wins; the built-in fallback adapts any plain ``torch.nn.Module`` and is tried last. (An
+    ``ArchitectureAdapter`` passed as ``model=`` is used as it is, without this hook.)
+    An implementation may take any subset of the arguments.
 
     Example::
 
         @fipframe.hookimpl(tryfirst=True)
-        def fipframe_resolve_adapter(model, traversable):
+        def fipframe_resolve_adapter(model, traversable, frozen):
             if isinstance(model, MyHFModel):
-                return HFAdapter(model, traversable=traversable)
+                return HFAdapter(model, traversable=traversable, frozen=frozen)
     """
 
 

@@ -226,8 +226,8 @@ def fipframe_register_adapters() -> list[Spec]:
 
 @hookimpl(trylast=True)
 def fipframe_resolve_adapter(
-    model: Any, traversable: tuple[str, ...]
+    model: Any, traversable: tuple[str, ...], frozen: tuple[str, ...]
 ) -> ArchitectureAdapter | None:
     if isinstance(model, nn.Module):
-        return ArchitectureAdapter(model, traversable=traversable)
+        return ArchitectureAdapter(model, traversable=traversable, frozen=frozen)
     return None

@@ -9,7 +9,7 @@ never mutate the module. Tied weights appear once (``named_parameters`` de-dupli
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,12 +22,18 @@ if TYPE_CHECKING:
     from fipframe.core.sparsity import PruneGroup
 
 
+def call(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """The module's logits on ``inputs`` (named tensors become keyword arguments)."""
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    return getattr(out, "logits", out)
+
+
 class ArchitectureAdapter:
     """Adapts a plain ``torch.nn.Module`` that maps inputs to logits.
 
     Args:
-        model: the network; its forward takes one tensor and returns logits (or an object
-            with a ``.logits`` attribute).
+        model: the network; its forward takes one tensor, or named tensors as keyword
+            arguments, and returns logits (or an object with a ``.logits`` attribute).
         traversable: glob patterns over parameter names that the path may move.
         frozen: glob patterns excluded from ``traversable``.
         num_classes: size of the output (for reporting).
@@ -85,9 +91,16 @@ class ArchitectureAdapter:
         self.model.train(mode)
 
     # -- function ------------------------------------------------------------------------------
-    def forward(self, params: Params, inputs: Tensor) -> Tensor:
-        """Logits of the network at weights ``params`` (others as in the module)."""
-        out = torch.func.functional_call(self.model, params, (inputs,), strict=False)
+    def forward(self, params: Params, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Logits of the network at weights ``params`` (others as in the module).
+
+        A tensor is the module's one positional argument; a mapping of named tensors is passed
+        as keyword arguments (``model(input_ids=..., attention_mask=...)``).
+        """
+        if isinstance(inputs, Mapping):
+            out = torch.func.functional_call(self.model, params, (), dict(inputs), strict=False)
+        else:
+            out = torch.func.functional_call(self.model, params, (inputs,), strict=False)
         logits = getattr(out, "logits", out)
         return logits
 

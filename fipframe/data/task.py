@@ -1,4 +1,10 @@
-"""Tasks and task sequences: tensors already shaped for the model, moved to the device once."""
+"""Tasks and task sequences: examples already shaped for the model.
+
+A :class:`Split` holds its examples as device tensors (resident, the default and the fast
+path); a :class:`fipframe.data.stream.StreamedSplit` reads them through a DataLoader instead and
+offers the same methods. Inputs are a tensor or a mapping of named tensors
+(:mod:`fipframe.data.inputs`).
+"""
 
 from __future__ import annotations
 
@@ -9,27 +15,36 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from fipframe.data import inputs as I
+
 
 @dataclass
 class Split:
-    """Inputs ``x`` [N, ...] and integer labels ``y`` [N]."""
+    """Inputs ``x`` (a tensor [N, ...] or named tensors, each [N, ...]) and integer labels
+    ``y`` [N], resident on one device."""
 
-    x: Tensor
+    x: I.Inputs
     y: Tensor
+    #: a resident split; streamed splits say True and read examples through a DataLoader
+    streamed: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Split:
-        x = (
-            self.x.to(device=device, dtype=dtype)
-            if self.x.is_floating_point()
-            else self.x.to(device)
-        )
-        return Split(x, self.y.to(device))
+        return Split(I.to(self.x, device, dtype), self.y.to(device))
 
     def subset(self, index: Tensor) -> Split:
-        return Split(self.x[index], self.y[index])
+        return Split(I.take(self.x, index), self.y[index])
+
+    def gather(self, index: Tensor) -> I.Inputs:
+        """The inputs of rows ``index`` (on this split's device)."""
+        return I.take(self.x, index.to(self.y.device))
+
+    def inputs(self, batch_size: int) -> list[I.Inputs]:
+        """Every input in order, in batches of ``batch_size``."""
+        n = len(self)
+        return [I.narrow(self.x, i, i + batch_size) for i in range(0, n, batch_size)]
 
 
 @dataclass
@@ -68,7 +83,8 @@ class TaskSequence:
 
     name: str
     tasks: list[Task]
-    input_shape: tuple[int, ...]
+    #: the shape of one example's input: a tuple, or one per key for named inputs
+    input_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
     num_classes: int
     meta: dict[str, str] = field(default_factory=dict)
     scenario: Scenario = "class"
@@ -136,7 +152,7 @@ def class_split(
             else f"{classes[0]}..{classes[-1]}"
         )
         tasks.append(Task(f"task_{i} ({label})", classes, *picked))
-    return TaskSequence(name, tasks, tuple(train.x.shape[1:]), num_classes, scenario=scenario)
+    return TaskSequence(name, tasks, I.shapes(train.x), num_classes, scenario=scenario)
 
 
 def _pick(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fipframe.core.adapter import call
 from fipframe.core.sparsity import (
     PruneGroup,
     apply_masks,
@@ -34,6 +35,7 @@ from fipframe.core.sparsity import (
 )
 from fipframe.errors import TraversalError
 from fipframe.traversal.artifact import RunDir, load_point
+from fipframe.traversal.origin import reopen
 
 
 def _stage_end(run_dir: Path, branch: str | None, stage: str | None) -> dict[str, Any]:
@@ -51,12 +53,12 @@ def _stage_end(run_dir: Path, branch: str | None, stage: str | None) -> dict[str
     return mine[-1]
 
 
-def _forward_ms(model: nn.Module, x: Tensor, reps: int = 20) -> float:
+def _forward_ms(model: nn.Module, x: Any, reps: int = 20) -> float:
     with torch.no_grad():
-        model(x)
+        call(model, x)
         t0 = time.perf_counter()
         for _ in range(reps):
-            model(x)
+            call(model, x)
     return 1000 * (time.perf_counter() - t0) / reps
 
 
@@ -73,16 +75,17 @@ def export(
     stage: str | None = None,
     structured: bool = False,
     pm: Any = None,
+    model: Any = None,
+    data: Any = None,
 ) -> dict[str, Any]:
-    """Write the sparse network of ``branch`` (default: the last one run) to ``out``."""
-    from fipframe.api import build, load_config
+    """Write the sparse network of ``branch`` (default: the last one run) to ``out``.
 
+    A run whose model or data came from Python needs the same ``model=`` / ``data=`` again.
+    """
     run_dir, out = Path(run_dir), Path(out)
     record = _stage_end(run_dir, branch, stage)
-    config = load_config(run_dir / "config.yaml", pm=pm)
-    traversal = build(config)
-    adapter = traversal.adapter
-    device = traversal.device
+    config, comp = reopen(run_dir, pm=pm, model=model, data=data, verb="export")
+    adapter, device, evaluator = comp.adapter, comp.device, comp.evaluator
     params = load_point(run_dir / record["point"], device)
     carry = load_point(run_dir / record["carry"], device) if record.get("carry") else {}
     masks = masks_in(carry)
@@ -90,8 +93,8 @@ def export(
     adapter.load(params)
     path = config.stages if record["branch"] == "trunk" else config.branches[record["branch"]]
     stage_cfg = next(s for s in path if s.name == record["stage"])
-    traversal.recompute_batchnorm(params, stage_cfg)
-    accuracy = traversal.evaluate(params).get("acc/test/average")
+    evaluator.recompute_batchnorm(params, stage_cfg.task, stage_cfg.batch_size)
+    accuracy = evaluator.evaluate(params).get("acc/test/average")
 
     model = adapter.model.eval()
     per_tensor = {
@@ -124,13 +127,14 @@ def export(
                 "export --structured: the model's adapter declares no prune groups"
             )
         keeps = _unit_keeps(params, groups)
-        x = traversal.tasks.tasks[stage_cfg.task or 0].test.x[:256]
+        test = comp.tasks.tasks[stage_cfg.task or 0].test
+        x = test.gather(torch.arange(min(256, len(test))))
         with torch.no_grad():
-            reference = model(x)
+            reference = call(model, x)
         dense_ms = _forward_ms(model, x)
         removed = shrink(model, groups, keeps)
         with torch.no_grad():
-            diff = float((model(x) - reference).abs().max())
+            diff = float((call(model, x) - reference).abs().max())
         small = sum(v.numel() for v in model.parameters())
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         for g, keep in zip(groups, keeps, strict=True):
@@ -150,12 +154,21 @@ def export(
     return report
 
 
-def load_structured(config: Any, path: str | Path) -> nn.Module:
-    """Rebuild a structurally pruned module from its run config and exported file."""
-    from fipframe.api import build
+def load_structured(
+    config: Any, path: str | Path, *, model: Any = None, data: Any = None
+) -> nn.Module:
+    """Rebuild a structurally pruned module from its run config and exported file.
+
+    ``model``, ``data``: a fresh instance of the run's own module and its data, for a run whose
+    model or data came from Python.
+    """
+    from fipframe.traversal.build import build_components
 
     state = load_file(str(path))
-    adapter = build(config).adapter
+    cls = type(config)
+    adapter = build_components(
+        config, pm=cls.plugin_manager, registry=cls.registry, model=model, data=data
+    ).adapter
     groups = adapter.prune_groups()
     by_name = {g.name: g for g in groups}
     chosen = [by_name[k[len("keep:") :]] for k in state if k.startswith("keep:")]

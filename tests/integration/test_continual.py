@@ -337,7 +337,7 @@ def test_a_key_shared_by_different_inputs_is_refused(tmp_path):
     pm = make_plugin_manager(plugins=[HalfBatchPlugin()])
     with pytest.raises(
         TraversalError,
-        match=r"objective half_batch: batch key .*\(32, 1, 28, 28\).*"
-        r"\(16, 1, 28, 28\)",
+        match=r"objective half_batch: batch key .*\[32, 1, 28, 28\].*"
+        r"\[16, 1, 28, 28\]",
     ):
         run(load_config(cfg, pm=pm), out=tmp_path / "r")

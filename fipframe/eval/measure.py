@@ -1,0 +1,171 @@
+"""What the engine measures of a point: outputs, accuracies, path measures, BatchNorm statistics.
+
+:class:`Evaluator` needs only an adapter, the tasks and the run settings, so export, benches
+and plugins use it without a traversal. Every forward here runs in eval mode without
+gradients, in batches of ``run.eval_batch_size``: the function being preserved and reported is
+the deployed one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fipframe.core.params import Params, norm, sub_tree
+from fipframe.data import inputs as I
+from fipframe.data.task import TaskSequence
+
+
+class Evaluator:
+    """Outputs and accuracies of points, and the module's BatchNorm statistics.
+
+    Args:
+        adapter: the network.
+        tasks: the task sequence (val and test splits are evaluated).
+        settings: the run's ``RunSettings`` (``eval_batch_size``, ``measure_inputs``,
+            ``bn_batches``, ``seed``).
+    """
+
+    def __init__(self, adapter: Any, tasks: TaskSequence, settings: Any):
+        self.adapter = adapter
+        self.tasks = tasks
+        self.settings = settings
+        self._class_table = tasks.class_table()
+        self.batchnorm = [
+            m
+            for m in adapter.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        #: the module's statistics belong to another point (a branch start, a rewind, resume)
+        self.bn_stale = False
+
+    # -- outputs -------------------------------------------------------------------------------
+    def logits(self, params: Params, x: I.Inputs) -> Tensor:
+        """Eval-mode outputs on ``x`` (a tensor or named tensors), batched, without gradients."""
+        bs = self.settings.eval_batch_size
+        was = self.adapter.model.training
+        self.adapter.train(False)
+        with torch.no_grad():
+            out = torch.cat(
+                [
+                    self.adapter.forward(params, I.narrow(x, i, i + bs))
+                    for i in range(0, I.length(x), bs)
+                ]
+            )
+        self.adapter.train(was)
+        return out
+
+    def split_logits(self, params: Params, split: Any) -> Tensor:
+        """Eval-mode outputs on every example of a split, resident or streamed."""
+        if not getattr(split, "streamed", False):
+            return self.logits(params, split.x)
+        was = self.adapter.model.training
+        self.adapter.train(False)
+        with torch.no_grad():
+            out = torch.cat(
+                [
+                    self.adapter.forward(params, x)
+                    for x in split.inputs(self.settings.eval_batch_size)
+                ]
+            )
+        self.adapter.train(was)
+        return out
+
+    def evaluate(self, params: Params) -> dict[str, float]:
+        """Accuracy of ``params`` on every task's val and test split, and their averages."""
+        names, values = [], []
+        table = self._class_table
+        for split in ("val", "test"):
+            for i, task in enumerate(self.tasks.tasks):
+                data = getattr(task, split)
+                if len(data) == 0:
+                    continue
+                logits = self.split_logits(params, data)
+                pred = self.tasks.restrict(logits, i, table).argmax(-1)
+                names.append(f"acc/{split}/task_{i}")
+                values.append((pred == data.y).float().mean())
+        out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
+        n = len(self.tasks.tasks)
+        for split in ("val", "test"):
+            accs = [
+                out[f"acc/{split}/task_{i}"] for i in range(n) if f"acc/{split}/task_{i}" in out
+            ]
+            if accs:
+                out[f"acc/{split}/average"] = sum(accs) / len(accs)
+        return out
+
+    # -- path measures ---------------------------------------------------------------------------
+    def path_measures(
+        self,
+        metric: Any,
+        anchor_ref: Tensor | None,
+        stored: I.Inputs | None,
+        prev: Params,
+        params: Params,
+        lengths: list[float],
+    ) -> dict[str, float]:
+        """Drift and the lengths travelled since ``prev``, on the first ``run.measure_inputs``
+        stored inputs.
+
+        ``lengths`` ([metric, Euclidean]) is updated in place. One metric-vector product and one
+        forward on those inputs per call; nothing without a metric or stored inputs.
+        """
+        n = self.settings.measure_inputs
+        if anchor_ref is None or stored is None or n == 0:
+            return {}
+        from fipframe.eval.geometry import segment_length
+
+        x = I.narrow(stored, 0, n)
+        was = self.adapter.model.training
+        self.adapter.train(False)
+        forward = lambda p: self.adapter.forward(p, x)  # noqa: E731
+        step_len = segment_length(metric, forward, prev, params)
+        with torch.no_grad():
+            drift = metric.divergence(forward(params), anchor_ref[: I.length(x)]).mean()
+        self.adapter.train(was)
+        euclid = norm(sub_tree(params, prev))
+        seg, d, e = torch.stack([step_len, drift, euclid]).tolist()
+        lengths[0] += seg
+        lengths[1] += e
+        return {"path/length": lengths[0], "path/euclidean": lengths[1], "path/drift": d}
+
+    # -- BatchNorm ------------------------------------------------------------------------------
+    def mark_stale(self) -> None:
+        """The weights jumped: the next stage start recomputes the statistics."""
+        self.bn_stale = bool(self.batchnorm)
+
+    def recompute_batchnorm(self, params: Params, task: int | None, batch_size: int) -> None:
+        """Recompute BatchNorm running statistics of ``params`` from ``run.bn_batches`` training
+        batches of ``task`` (task 0 if None), as a cumulative mean, as after a hard prune or a
+        rewind."""
+        self.bn_stale = False
+        n = self.settings.bn_batches
+        if not self.batchnorm or not n:
+            return
+        split = self.tasks.tasks[task if task is not None else 0].train
+        g = torch.Generator().manual_seed(self.settings.seed)
+        idx = torch.randperm(len(split), generator=g)[: n * batch_size]
+        momenta = [m.momentum for m in self.batchnorm]
+        for m in self.batchnorm:
+            m.reset_running_stats()
+            m.momentum = None
+        was = self.adapter.model.training
+        self.adapter.train(True)
+        try:
+            with torch.no_grad():
+                for chunk in idx.split(batch_size):
+                    self.adapter.forward(params, split.gather(chunk))
+        finally:
+            self.adapter.train(was)
+            for m, momentum in zip(self.batchnorm, momenta, strict=True):
+                m.momentum = momentum
+
+    def buffers(self) -> dict[str, Tensor]:
+        """The module's floating buffers (BatchNorm statistics), to save with an end point."""
+        return {
+            n: b.detach().clone()
+            for n, b in self.adapter.model.named_buffers()
+            if b.is_floating_point() or n.endswith("num_batches_tracked")
+        }

@@ -1,0 +1,202 @@
+"""Building a traversal's parts: components once per run, a :class:`Stage` per stage.
+
+:func:`build_components` turns a validated config, and optionally a user's own ``nn.Module``
+(``model=``) and data (``data=``), into :class:`Components`: the tasks on the device, the
+adapter, the manifold and an :class:`~fipframe.eval.measure.Evaluator`. A registered kind in the
+config and an object passed from Python go through the same path from here on.
+:func:`build_stage` builds one stage's integrator, metric and objectives, binds the objectives
+and caches the anchor outputs on the stored inputs. Benches and plugins use both directly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fipframe.core.objective import StageContext
+from fipframe.core.params import Params
+from fipframe.data.memory import Memory
+from fipframe.data.sampling import Sampler
+from fipframe.data.task import TaskSequence
+from fipframe.errors import ConfigError, TraversalError
+from fipframe.eval.measure import Evaluator
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.modules.dropout._DropoutNd)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TraversalError(f"run.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class Components:
+    """What every stage of a run shares."""
+
+    config: Any
+    registry: Any
+    pm: Any
+    device: torch.device
+    dtype: torch.dtype
+    tasks: TaskSequence
+    adapter: Any
+    manifold: Any
+    evaluator: Evaluator
+    #: the output depends on train/eval mode (BatchNorm, dropout): stored inputs get their own
+    #: eval-mode forward instead of sharing the objectives' one
+    mode_dependent: bool
+    #: where the model and data came from: "config" or "python" (recorded in the run)
+    model_source: str = "config"
+    data_source: str = "config"
+
+
+@dataclass
+class Stage:
+    """The built components of one stage."""
+
+    cfg: Any
+    integrator: Any
+    metric: Any
+    objectives: list[Any]
+    anchor_ref: Tensor | None
+    stored: Sampler | None
+    fused: bool
+
+
+def build_components(
+    config: Any, *, pm: Any, registry: Any, model: Any = None, data: Any = None
+) -> Components:
+    """Tasks, adapter, manifold and evaluator for ``config``, on its device and dtype.
+
+    ``model``: an ``nn.Module`` or an :class:`~fipframe.core.adapter.ArchitectureAdapter`
+    instead of the config's ``model:``. ``data``: a ``TaskSequence``, per-task tensors or
+    per-task Datasets (see :func:`fipframe.data.user.task_sequence`) instead of ``data:``.
+    """
+    rs = config.run
+    device = resolve_device(rs.device)
+    dtype = getattr(torch, rs.dtype)
+    torch.manual_seed(rs.seed)
+    if data is None:
+        if config.data is None:
+            raise ConfigError(
+                "data: no data kind in the config and no data= given; set data.kind (see "
+                "`fipframe plugins`) or pass data= to fipframe.build/run"
+            )
+        tasks = registry.build("dataset", config.data, seed=rs.seed)
+    else:
+        from fipframe.data.user import task_sequence
+
+        tasks = task_sequence(data)
+    if rs.stream:
+        from fipframe.data.stream import stream_tasks
+
+        tasks = stream_tasks(tasks, rs.loader)
+    tasks = tasks.to(device, dtype)
+    if model is None:
+        if config.model is None:
+            raise ConfigError(
+                "model: no model kind in the config and no model= given; set model.kind (see "
+                "`fipframe plugins`) or pass model= (an nn.Module) to fipframe.build/run"
+            )
+        adapter = registry.build(
+            "adapter", config.model, input_shape=tasks.input_shape, num_classes=tasks.num_classes
+        )
+    else:
+        from fipframe.core.adapter import ArchitectureAdapter
+
+        if isinstance(model, ArchitectureAdapter):
+            adapter = model
+        else:
+            globs = tuple(getattr(config.model, "traversable", ("*",)))
+            frozen = tuple(getattr(config.model, "frozen", ()))
+            adapter = pm.hook.fipframe_resolve_adapter(
+                model=model, traversable=globs, frozen=frozen
+            )
+            if adapter is None:
+                raise ConfigError(
+                    f"model: no plugin adapts a {type(model).__name__}; pass a torch.nn.Module "
+                    "or a fipframe.ArchitectureAdapter"
+                )
+    adapter.to(device, dtype)
+    manifold = registry.build("manifold", config.manifold)
+    manifold.bind(list(adapter.names))
+    mode_dependent = any(isinstance(m, _MODE_DEPENDENT) for m in adapter.model.modules())
+    return Components(
+        config,
+        registry,
+        pm,
+        device,
+        dtype,
+        tasks,
+        adapter,
+        manifold,
+        Evaluator(adapter, tasks, rs),
+        mode_dependent,
+        "config" if model is None else "python",
+        "config" if data is None else "python",
+    )
+
+
+def stage_seed(seed: int, branch: str, si: int) -> int:
+    """The seed of every sampler of stage ``si`` of ``branch``: batches depend on it alone."""
+    return zlib.crc32(f"{seed}/{branch}/{si}".encode())
+
+
+def build_stage(
+    comp: Components,
+    branch: str,
+    si: int,
+    cfg: Any,
+    anchor: Params,
+    memory: Memory,
+    ends: list[tuple[int | None, Params]],
+    carry: dict[str, Tensor],
+) -> Stage:
+    """One stage's integrator, metric and bound objectives, and its cached anchor outputs."""
+    reg = comp.registry
+    integrator = reg.build("integrator", cfg.integrator)
+    metric = reg.build("metric", cfg.metric) if cfg.metric is not None else None
+    objectives = [reg.build("objective", o) for o in cfg.objectives]
+    key = stage_seed(comp.config.run.seed, branch, si)
+
+    def sampler(name: str, n: int, batch_size: int) -> Sampler:
+        return Sampler(n, batch_size, seed=key, name=name, device=comp.device)
+
+    task = comp.tasks.tasks[cfg.task] if cfg.task is not None else None
+    ctx = StageContext(
+        comp.tasks,
+        task,
+        memory,
+        comp.adapter,
+        cfg.batch_size,
+        cfg.memory_batch,
+        sampler,
+        cfg.steps,
+        anchor,
+        list(ends),
+        carry,
+        metric,
+        cfg.task,
+        comp.evaluator.logits,
+    )
+    for objective in objectives:
+        objective.bind(ctx)
+    anchor_ref, stored = None, None
+    if metric is not None and len(memory):
+        # the outputs to preserve on the fixed stored inputs: computed once, in eval mode
+        if cfg.anchor == "stored":
+            anchor_ref = metric.reference(memory.logits)
+        else:
+            anchor_ref = metric.reference(comp.evaluator.logits(anchor, memory.inputs))
+        stored = sampler("stored_inputs", len(memory), cfg.memory_batch)
+    return Stage(
+        cfg, integrator, metric, objectives, anchor_ref, stored, fused=not comp.mode_dependent
+    )

@@ -1,0 +1,250 @@
+"""The stage loop: steps in chunks, one host sync per chunk, rollback to the last good state.
+
+Every ``run.chunk`` steps the loop checks the chunk's statistics and the weights for
+non-finite values (one sync). A finite chunk becomes the new :class:`LastGood` and is
+evaluated, recorded, committed to the checkpoint and then announced to loggers and hooks; a
+non-finite one returns to the last good state and halves the step, up to ``run.max_rollbacks``
+times. The stage's pruner (:mod:`fipframe.traversal.pruning`) is called around every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fipframe.core.params import Params, all_finite
+from fipframe.data.memory import Memory
+from fipframe.errors import TraversalError
+from fipframe.traversal.build import Components, Stage, build_stage
+from fipframe.traversal.progress import Progress, short
+from fipframe.traversal.pruning import Pruner
+from fipframe.traversal.records import Commit, Position, Records, Restart
+from fipframe.traversal.step import make_problem
+
+
+@dataclass
+class LastGood:
+    """The last point whose chunk was finite, with everything needed to continue from it."""
+
+    params: Params
+    state: Any  # the integrator's
+    step: int
+    objectives: list[dict[str, Tensor]]  # each objective's state_dict
+    masks: dict[str, Tensor]
+
+
+class StageLoop:
+    """Runs stages of a path; shares the run's records, progress display and position.
+
+    ``notify(record)`` tells loggers and hooks of a committed record.
+    """
+
+    def __init__(
+        self,
+        comp: Components,
+        records: Records,
+        progress: Progress,
+        notify: Callable[[dict[str, Any]], None],
+        position: Position,
+    ):
+        self.comp = comp
+        self.records = records
+        self.progress = progress
+        self.notify = notify
+        self.position = position
+
+    def run(
+        self,
+        branch: str,
+        si: int,
+        cfg: Any,
+        params: Params,
+        memory: Memory,
+        restart: Restart | None,
+        *,
+        ends: list[tuple[int | None, Params]],
+        carry: dict[str, Tensor],
+    ) -> Params:
+        """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point."""
+        comp, rec, ev = self.comp, self.records, self.comp.evaluator
+        where = f"{branch}/{cfg.name}"
+        pruner = Pruner(cfg, carry, comp.adapter.prune_groups, params, where)
+        # the stage starts on the manifold (a no-op for Euclidean; a resumed anchor already is)
+        # and with the path's pruned weights at zero
+        if restart is None:
+            params = pruner.start(comp.manifold.projx(params))
+            if ev.bn_stale:
+                ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
+        anchor = params
+        if restart is not None:
+            anchor_rel = restart.meta["anchor"]
+        else:
+            anchor_rel = rec.save(branch, si, cfg, 0, anchor, tag="start")
+        st = build_stage(comp, branch, si, cfg, anchor, memory, ends, carry)
+        observers = [o for o in st.objectives if o.observes_steps]
+        refreshers = [o for o in st.objectives if o.refresh_every]
+
+        def full_state(integrator_state: Any) -> dict[str, Any]:
+            return {
+                "integrator": integrator_state,
+                "objectives": [o.state_dict() for o in st.objectives],
+                "carry": carry,
+            }
+
+        def restore_objectives(states: list[dict[str, Tensor]]) -> None:
+            for objective, sd in zip(st.objectives, states, strict=True):
+                objective.load_state_dict(sd)
+
+        if restart is not None:
+            params, state = restart.params, restart.state["integrator"]
+            step, scale = restart.meta["step"], restart.meta["scale"]
+            restore_objectives(restart.state["objectives"])
+            rollbacks = restart.meta.get("rollbacks", 0)
+            lengths = restart.meta.get("lengths", [0.0, 0.0])
+            if ev.bn_stale:
+                ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
+        else:
+            state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
+            lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
+            # a checkpoint from the very start: an interruption before the first chunk resumes here
+            rec.commit(params, Commit(branch, si, 0, full_state(state), anchor=anchor_rel))
+        self.position.move(branch, si, cfg.name, step)
+        chunk = comp.config.run.chunk
+        good = LastGood(
+            params, state, step, [o.state_dict() for o in st.objectives], pruner.snapshot()
+        )
+        sums: dict[str, Tensor] = {}
+        count = 0
+        if restart is not None and restart.meta.get("done"):
+            return params  # the stage had finished before the interruption
+        train_metrics: dict[str, float] = {}
+        sink: list[Params] | None = [] if observers else None
+        with self.progress.bar(where, cfg.steps, step) as bar:
+            comp.adapter.train(True)
+            while step < cfg.steps:
+                params = pruner.before_step(params, step, cfg.steps)
+                for objective in refreshers:
+                    if step % objective.refresh_every == 0:
+                        objective.refresh(params, step)
+                problem = make_problem(comp, st, memory, step, step / cfg.steps, sink)
+                before = params
+                params, state, stats = st.integrator.step(params, state, problem, scale)
+                params = pruner.after_step(params)
+                if sink:
+                    grad = sink.pop()
+                    sink.clear()
+                    for objective in observers:
+                        objective.observe(before, params, grad)
+                for k, v in stats.items():
+                    sums[k] = sums[k] + v if k in sums else v.detach().clone()
+                count += 1
+                step += 1
+                if step % chunk and step != cfg.steps:
+                    continue
+                names = list(sums)
+                values = torch.stack([sums[k].float() for k in names])
+                finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
+                if not finite:
+                    rollbacks += 1
+                    if rollbacks > comp.config.run.max_rollbacks:
+                        raise TraversalError(
+                            f"{where}: non-finite values at step {step} after "
+                            f"{rollbacks - 1} rollbacks; lower the step size"
+                        )
+                    params, state, step = good.params, good.state, good.step
+                    restore_objectives(good.objectives)
+                    pruner.restore(good.masks)
+                    scale *= 0.5
+                    sums, count = {}, 0
+                    self.progress.line(
+                        f"{where}: non-finite values; rolled back to step {step}, step scale now "
+                        f"{scale:g}"
+                    )
+                    continue
+                train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
+                train_metrics["step_scale"] = scale
+                train_metrics.update(
+                    ev.path_measures(
+                        st.metric, st.anchor_ref, memory.inputs, good.params, params, lengths
+                    )
+                )
+                train_metrics.update(
+                    pruner.measures(params, st.objectives, step / cfg.steps, ev.evaluate)
+                )
+                sums, count = {}, 0
+                good = LastGood(
+                    params, state, step, [o.state_dict() for o in st.objectives], pruner.snapshot()
+                )
+                self.position.step = step
+                bar.update(step - bar.n)
+                if step == cfg.steps:
+                    break  # the stage-end record below carries this chunk
+                metrics = {**train_metrics, **ev.evaluate(params)}
+                every = comp.config.run.save_every
+                point = (
+                    rec.save(branch, si, cfg, step, params) if every and step % every == 0 else None
+                )
+                record = rec.emit("chunk", branch, si, cfg, step, metrics, point)
+                rec.commit(
+                    params,
+                    Commit(
+                        branch,
+                        si,
+                        step,
+                        full_state(state),
+                        scale,
+                        rollbacks,
+                        anchor_rel,
+                        lengths=lengths,
+                    ),
+                )
+                self.notify(record)
+                bar.set_postfix_str(short(metrics))
+                self.progress.chunk(where, step, cfg.steps, short(metrics))
+        return self._finish(
+            branch,
+            si,
+            cfg,
+            st,
+            pruner,
+            params,
+            carry,
+            train_metrics,
+            Commit(branch, si, cfg.steps, {}, scale, rollbacks, anchor_rel, True),
+        )
+
+    def _finish(
+        self,
+        branch: str,
+        si: int,
+        cfg: Any,
+        st: Stage,
+        pruner: Pruner,
+        params: Params,
+        carry: dict[str, Tensor],
+        train_metrics: dict[str, float],
+        done: Commit,
+    ) -> Params:
+        """The stage end: objectives record what later stages need, the final hard projection,
+        the end point (with carry and buffers) saved, recorded and committed."""
+        rec, ev = self.records, self.comp.evaluator
+        for objective in st.objectives:
+            objective.finish(params, carry)
+        params, jumped = pruner.finish(params)
+        if jumped:
+            ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
+        if pruner.masks:
+            train_metrics.update(pruner.measures(params, st.objectives, 1.0, ev.evaluate))
+        metrics = {**train_metrics, **ev.evaluate(params)}
+        point = rec.save(branch, si, cfg, cfg.steps, params, tag="end")
+        carry_rel = rec.save(branch, si, cfg, cfg.steps, carry, tag="carry") if carry else None
+        record = rec.emit("stage_end", branch, si, cfg, cfg.steps, metrics, point, carry=carry_rel)
+        done.state = {"integrator": {}, "objectives": [{} for _ in st.objectives], "carry": carry}
+        rec.commit(params, done)
+        self.notify(record)
+        self.progress.line(f"{branch}/{cfg.name}: done. " + short(metrics))
+        return params

@@ -1,0 +1,127 @@
+"""One step's problem: the batches, the fused forward and the terms an integrator minimises.
+
+Every objective's batch and the stored inputs of the divergence go through the network in
+one concatenated forward (key by key for named inputs), so a FIP step costs what a replay
+step with the same total batch costs. Objectives whose batches share a ``key`` share one slice
+of that forward. Models whose output depends on train/eval mode give the stored inputs their
+own eval-mode forward instead: the anchor outputs were computed in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fipframe.core.integrator import StepProblem, Terms
+from fipframe.core.params import Params
+from fipframe.data import inputs as I
+from fipframe.data.memory import Memory
+from fipframe.errors import TraversalError
+from fipframe.traversal.build import Components, Stage
+
+
+def make_problem(
+    comp: Components,
+    st: Stage,
+    memory: Memory,
+    step: int,
+    progress: float,
+    sink: list[Params] | None = None,
+) -> StepProblem:
+    """The :class:`StepProblem` of step ``step`` of stage ``st`` (``progress`` = step / steps).
+
+    ``sink``, if given, receives the Riemannian gradient the integrator follows (observers).
+    """
+    batches = [o.sample(step) for o in st.objectives]
+    # one forward per distinct batch: objectives whose batches share a key share its logits
+    inputs: list[I.Inputs] = []
+    slot: list[int | None] = []  # per objective: its batch's place in ``inputs``
+    placed: dict[Any, int] = {}
+    for obj, b in zip(st.objectives, batches, strict=True):
+        if b is None:
+            slot.append(None)
+        elif b.key is not None and b.key in placed:
+            held = inputs[placed[b.key]]
+            if I.signature(b.inputs) != I.signature(held) or I.length(b.inputs) != I.length(held):
+                raise TraversalError(
+                    f"objective {obj.config.kind}: batch key {b.key!r} names rows "
+                    f"{I.describe(held)}, but its inputs are {I.describe(b.inputs)}; equal keys "
+                    "must hold the same inputs"
+                )
+            slot.append(placed[b.key])
+        else:
+            if b.key is not None:
+                placed[b.key] = len(inputs)
+            slot.append(len(inputs))
+            inputs.append(b.inputs)
+    mem_x: I.Inputs | None = None
+    mem_ref = None
+    if st.stored is not None:
+        idx = st.stored.indices(step)
+        mem_x, mem_ref = I.take(memory.inputs, idx), st.anchor_ref[idx]  # type: ignore[arg-type,index]
+    weights = [o.weight(progress) for o in st.objectives]
+    wants_div = mem_x is not None and st.integrator.uses_divergence
+    fuse = st.fused and wants_div
+    parts_in = inputs + ([mem_x] if fuse else [])  # type: ignore[list-item]
+    _check_concatenable(parts_in, st)
+    sizes = [I.length(x) for x in parts_in]
+    adapter, metric = comp.adapter, st.metric
+
+    def evaluate(p: Params) -> Terms:
+        logits: list[Tensor | None] = []
+        if sizes:
+            everything = I.cat(parts_in)
+            logits = list(torch.split(adapter.forward(p, everything), sizes))
+        parts: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for obj, batch, w, k in zip(st.objectives, batches, weights, slot, strict=True):
+            term = obj.loss(p, logits[k] if k is not None else None, batch)
+            name = obj.config.kind
+            parts[name] = parts[name] + term if name in parts else term
+            total = w * term if total is None else total + w * term
+        if total is None:
+            total = next(iter(p.values())).new_zeros(())
+        divergence = None
+        if wants_div:
+            if fuse:
+                mem_logits = logits[-1]
+            else:
+                adapter.train(False)
+                mem_logits = adapter.forward(p, mem_x)
+                adapter.train(True)
+            divergence = metric.divergence(mem_logits, mem_ref).mean()
+        return Terms(total, divergence, parts)
+
+    def stored_forward(p: Params) -> Tensor:
+        """Outputs on this step's stored inputs, in eval mode like the anchor's."""
+        was = adapter.model.training
+        adapter.train(False)
+        try:
+            return adapter.forward(p, mem_x)  # type: ignore[arg-type]
+        finally:
+            adapter.train(was)
+
+    return StepProblem(
+        evaluate,
+        comp.manifold,
+        metric,
+        progress,
+        stored_forward if mem_x is not None else None,
+        sink.append if sink is not None else None,
+    )
+
+
+def _check_concatenable(parts: list[I.Inputs], st: Stage) -> None:
+    """Inputs forwarded together must agree in keys and per-example shapes."""
+    if len(parts) < 2:
+        return
+    first = I.signature(parts[0])
+    for x in parts[1:]:
+        if I.signature(x) != first:
+            raise TraversalError(
+                f"stage {st.cfg.name}: inputs forwarded together differ: {I.describe(parts[0])} "
+                f"and {I.describe(x)}; every task and the memory must give inputs of the same "
+                "keys and per-example shapes (pad sequences to one length)"
+            )
