@@ -60,17 +60,20 @@ def fipframe_register_metrics() -> list[Spec]:
 def fipframe_register_integrators() -> list[Spec]:
     """Return path-integrator specs (the step rule).
 
-    Factory signature: ``factory(config) -> fipframe.core.PathIntegrator``. Declare
-    ``capabilities={"needs_metric"}`` if the step uses the metric's divergence, and
+    Factory signature: ``factory(config) -> fipframe.core.PathIntegrator``. The class declares
+    ``capabilities = frozenset({"needs_metric"})`` if the step uses the metric, and
     ``"metric:<ability>"`` (``solve``, ``spectrum``, ``diag``, ``mvp``) for each ability it needs
-    from the metric class; ``fipframe validate`` checks the metric declares it.
+    from the metric; the Spec reads them and ``fipframe validate`` checks the metric declares it.
 
     Example::
 
+        class Penalty(PathIntegrator):
+            capabilities = frozenset({"needs_metric"})
+            ...
+
         @fipframe.hookimpl
         def fipframe_register_integrators():
-            return [Spec("penalty", PenaltyConfig, Penalty, "optimiser on L + alpha*D",
-                         capabilities={"needs_metric"})]
+            return [Spec("penalty", PenaltyConfig, Penalty, "optimiser on L + alpha*D")]
     """
 
 

@@ -41,6 +41,9 @@ class Spec:
             (see docs/plugins.md).
         summary: one line shown by ``fipframe plugins``.
         capabilities: declared abilities other parts may rely on (e.g. ``"needs_metric"``).
+            Declare them once, as the implementation class's ``capabilities`` class attribute
+            (the five interfaces have one); the spec reads it. Capabilities given here are
+            added to the class's (for factories that are functions).
     """
 
     kind: str
@@ -58,7 +61,13 @@ class Spec:
                 f"config model {self.config.__name__} of kind {self.kind!r} must declare "
                 f"`kind: Literal[{self.kind!r}]`"
             )
-        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        declared = getattr(self.factory, "capabilities", frozenset())
+        if not isinstance(declared, (frozenset, set)):
+            raise PluginError(
+                f"{getattr(self.factory, '__name__', self.factory)!r} of kind {self.kind!r}: "
+                f"`capabilities` must be a frozenset of strings, not {type(declared).__name__}"
+            )
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities) | declared)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ from typing import Any
 from fipframe.plugins import hookimpl
 from fipframe.registry import Registry
 
-_MEMORY_OBJECTIVES = {"replay_ce", "der"}
-
 
 def _n_tasks(data: Any) -> int | None:
     """How many tasks the data config makes, if it says (explicit class groups win)."""
@@ -44,11 +42,10 @@ def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
                     f"(one of: {', '.join(registry.kinds('metric'))})"
                 )
             if stage.metric is not None:
-                # "metric:<ability>" in an integrator's spec: the metric class must declare it
-                factory = registry.spec("metric", stage.metric.kind).factory
-                has = getattr(factory, "capabilities", None)
+                # "metric:<ability>" in an integrator's spec: the metric must declare it
+                has = registry.spec("metric", stage.metric.kind).capabilities
                 wanted = sorted(c.split(":", 1)[1] for c in caps if c.startswith("metric:"))
-                if has is not None and (missing := [c for c in wanted if c not in has]):
+                if missing := [c for c in wanted if c not in has]:
                     problems.append(
                         f"{path}.metric: integrator {stage.integrator.kind!r} needs a metric "
                         f"with {', '.join(missing)}; metric {stage.metric.kind!r} declares "
@@ -69,7 +66,8 @@ def fipframe_check_config(config: Any, registry: Registry) -> list[str]:
                     f"{path}.anchor: 'stored' compares outputs through a metric; set a metric"
                 )
             uses_memory = stage.metric is not None or any(
-                o.kind in _MEMORY_OBJECTIVES for o in stage.objectives
+                "uses_memory" in registry.spec("objective", o.kind).capabilities
+                for o in stage.objectives
             )
             if uses_memory and config.memory.size == 0:
                 problems.append(

@@ -55,7 +55,7 @@ class _Normalised(PathIntegrator):
     """The shared step: gradient of the objectives, a direction from the metric (subclasses),
     momentum carried by transport, then a retraction of length eps."""
 
-    needs_metric = True
+    capabilities = frozenset({"needs_metric"})
     uses_divergence = False  # the metric shapes the direction; no penalty term
 
     def init(self, params: Params) -> State:
@@ -97,6 +97,8 @@ class _Normalised(PathIntegrator):
 
 
 class Natural(_Normalised):
+    capabilities = frozenset({"needs_metric", "metric:solve"})
+
     def direction(
         self,
         params: Params,
@@ -112,6 +114,8 @@ class Natural(_Normalised):
 
 
 class Projected(_Normalised):
+    capabilities = frozenset({"needs_metric", "metric:spectrum"})
+
     def direction(
         self,
         params: Params,
@@ -144,13 +148,11 @@ def fipframe_register_integrators() -> list[Spec]:
             NaturalConfig,
             Natural,
             "eps step along (g + lambda I)^-1 grad L, solved by CG on stored inputs",
-            capabilities={"needs_metric", "metric:solve"},
         ),
         Spec(
             "projected",
             ProjectedConfig,
             Projected,
             "eps step along grad L with the top-k eigenspace of g (Lanczos) projected out",
-            capabilities={"needs_metric", "metric:spectrum"},
         ),
     ]

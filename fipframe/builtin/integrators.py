@@ -73,7 +73,7 @@ class Gradient(PathIntegrator):
 class Penalty(Gradient):
     """The FIP penalty step: objectives + alpha * mean divergence to the anchor outputs."""
 
-    needs_metric = True
+    capabilities = frozenset({"needs_metric"})
 
     def _alpha(self, problem: StepProblem) -> float:
         return value_at(self.config.alpha, problem.progress)
@@ -82,7 +82,7 @@ class Penalty(Gradient):
 class EpsStep(PathIntegrator):
     """Normalised step of fixed length eps along the penalty's Riemannian gradient."""
 
-    needs_metric = True
+    capabilities = frozenset({"needs_metric"})
 
     def init(self, params: Params) -> State:
         return {}
@@ -109,13 +109,11 @@ def fipframe_register_integrators() -> list[Spec]:
             PenaltyConfig,
             Penalty,
             "optimiser on objectives + alpha * mean divergence on stored inputs (FIP)",
-            capabilities={"needs_metric"},
         ),
         Spec(
             "eps_step",
             EpsStepConfig,
             EpsStep,
             "fixed-length eps step along the penalty's gradient (FIP eps-norm step)",
-            capabilities={"needs_metric"},
         ),
     ]

@@ -55,6 +55,8 @@ class ReplayCEConfig(PluginConfig):
 class FromMemory(SecondaryObjective):
     """Base of objectives on stored examples: its own batches of the memory, named by kind."""
 
+    capabilities = frozenset({"uses_memory"})
+
     def bind(self, ctx: StageContext) -> None:
         self.memory = ctx.memory
         n = len(ctx.memory)

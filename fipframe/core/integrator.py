@@ -48,9 +48,14 @@ class StepProblem:
 
 
 class PathIntegrator(ABC):
-    """A step rule. Declare ``"needs_metric"`` in the spec if the metric is used."""
+    """A step rule.
 
-    needs_metric: ClassVar[bool] = False
+    ``capabilities`` (read by its :class:`~fipframe.registry.Spec`): ``"needs_metric"`` if the
+    step uses a metric, and ``"metric:<ability>"`` for each ability it needs from the metric
+    class (``solve``, ``spectrum``, ``diag``, ``mvp``); ``fipframe validate`` checks both.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     #: whether ``step`` reads ``Terms.divergence``; if not, the engine never computes it
     uses_divergence: ClassVar[bool] = True
 

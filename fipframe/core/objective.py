@@ -79,6 +79,9 @@ class SecondaryObjective(ABC):
     gradient the step followed (Synaptic Intelligence's path integral needs it).
     """
 
+    #: declared abilities, read by the objective's Spec: ``"uses_memory"`` if it reads the
+    #: stored examples (``fipframe validate`` then asks for ``memory.size > 0``)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     observes_steps: ClassVar[bool] = False
     #: steps between calls of :meth:`refresh` (from step 0); None: never called
     refresh_every: int | None = None

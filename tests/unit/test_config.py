@@ -250,3 +250,42 @@ def test_task_count_comes_from_explicit_groups_and_der_needs_memory(tiny, pm):
     tiny["branches"]["finetune"][0]["objectives"] = ["task_ce", "der"]
     with pytest.raises(ConfigError, match=r"branches.finetune\[0\]: uses stored inputs"):
         load_config(tiny, pm=pm)
+
+
+def test_capabilities_are_declared_once_on_the_class(tiny):
+    """The Spec reads the class attribute; a third-party memory user is checked like replay."""
+    from typing import Literal
+
+    import fipframe
+    from fipframe.builtin.objectives import FromMemory
+    from fipframe.core import PluginConfig
+    from fipframe.plugins import make_plugin_manager
+    from fipframe.registry import Spec
+
+    class MineConfig(PluginConfig):
+        kind: Literal["mine"] = "mine"
+
+    class BadConfig(PluginConfig):
+        kind: Literal["bad"] = "bad"
+
+    class Mine(FromMemory):
+        def loss(self, params, logits, batch):
+            return next(iter(params.values())).new_zeros(())
+
+    class Plugin:
+        @fipframe.hookimpl
+        def fipframe_register_objectives(self):
+            return [Spec("mine", MineConfig, Mine, "test")]
+
+    pm = make_plugin_manager(plugins=[Plugin()])
+    assert pm.registry.spec("objective", "mine").capabilities == {"uses_memory"}
+    assert "needs_metric" in pm.registry.spec("integrator", "penalty").capabilities
+    assert "metric:solve" in pm.registry.spec("integrator", "natural").capabilities
+    assert "needs_metric" not in pm.registry.spec("integrator", "gradient").capabilities
+    tiny["memory"]["size"] = 0
+    del tiny["branches"]["fip"]
+    tiny["branches"]["finetune"][0]["objectives"] = ["task_ce", "mine"]
+    with pytest.raises(ConfigError, match=r"branches.finetune\[0\]: uses stored inputs"):
+        load_config(tiny, pm=pm)
+    with pytest.raises(fipframe.PluginError, match="must be a frozenset"):
+        Spec("bad", BadConfig, type("Bad", (), {"capabilities": "uses_memory"}), "x")
