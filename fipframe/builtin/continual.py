@@ -34,6 +34,8 @@ from fipframe.builtin.objectives import FromMemory
 from fipframe.core.configs import PluginConfig, Scheduled
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
+from fipframe.data import inputs as I
+from fipframe.data.task import concat
 from fipframe.errors import TraversalError
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -72,17 +74,17 @@ class JointCE(SecondaryObjective):
         if not ids:
             raise TraversalError("objective joint_ce needs a stage with `task:` set")
         splits = [ctx.tasks.tasks[i].train for i in ids]
-        self.x = torch.cat([s.x for s in splits])
-        self.y = torch.cat([s.y for s in splits])
+        assert ctx.batches is not None
+        self.joined = concat(splits)
         self.t = torch.cat([torch.full_like(s.y, i) for i, s in zip(ids, splits, strict=True)])
         self.tasks, self.table = ctx.tasks, ctx.tasks.class_table()
-        self.sampler = ctx.sampler("joint_ce", len(self.y), ctx.batch_size)
+        self.batches = ctx.batches("joint_ce", self.joined, ctx.batch_size)
         self._ids: Tensor | None = None
 
     def sample(self, step: int) -> Batch:
-        idx = self.sampler.indices(step)
+        x, y, idx = self.batches.get(step)
         self._ids = self.t[idx]
-        return Batch(self.x[idx], self.y[idx])
+        return Batch(x, y)
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         assert logits is not None and batch is not None and self._ids is not None
@@ -141,35 +143,36 @@ class EWC(SecondaryObjective):
     ) -> dict[str, Tensor]:
         from fipframe.core.params import ParamSpace
 
-        x = ctx.tasks.tasks[task].train.x[: self.config.samples]
+        train = ctx.tasks.tasks[task].train
+        x = train.head(min(self.config.samples, len(train)))
         adapter, space = ctx.adapter, ParamSpace.of(point)
         was = adapter.model.training
         adapter.train(False)
-        g = torch.Generator(device=x.device).manual_seed(1000 + task)
+        g = torch.Generator(device=train.y.device).manual_seed(1000 + task)
         try:
             total = None
-            for i in range(0, len(x), self.config.chunk):
-                xb = x[i : i + self.config.chunk]
+            for i in range(0, I.length(x), self.config.chunk):
+                xb = I.narrow(x, i, i + self.config.chunk)
                 if self.config.fisher == "exact":
                     d = metric.diag(lambda p, xb=xb: adapter.forward(p, xb), point)  # type: ignore[attr-defined]
-                    d = d * len(xb)
+                    d = d * I.length(xb)
                 else:
                     d = space.flatten(self._sampled(adapter, point, xb, g))
                 total = d if total is None else total + d
         finally:
             adapter.train(was)
         assert total is not None
-        return dict(space.unflatten(total / len(x)))
+        return dict(space.unflatten(total / I.length(x)))
 
     @staticmethod
-    def _sampled(adapter: Any, point: Params, x: Tensor, g: torch.Generator) -> Params:
+    def _sampled(adapter: Any, point: Params, x: Any, g: torch.Generator) -> Params:
         """Sum over inputs of squared per-sample gradients of log p(y | x), y ~ p(. | x)."""
         with torch.no_grad():
             probs = torch.softmax(adapter.forward(point, x), dim=-1)
         y = torch.multinomial(probs, 1, generator=g)
 
-        def nll(p: Params, xi: Tensor, yi: Tensor) -> Tensor:
-            logp = torch.log_softmax(adapter.forward(p, xi[None]), dim=-1)
+        def nll(p: Params, xi: Any, yi: Tensor) -> Tensor:
+            logp = torch.log_softmax(adapter.forward(p, I.take(xi, None)), dim=-1)
             return -logp.gather(1, yi[None]).sum()
 
         grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))(point, x, y)
@@ -242,19 +245,20 @@ class LwF(SecondaryObjective):
         classes = sorted({c for t in seen for c in ctx.tasks.tasks[t].classes})
         self.classes = torch.tensor(classes, device=ctx.task.train.y.device, dtype=torch.long)
         self.split = ctx.task.train
-        assert ctx.outputs is not None
+        assert ctx.outputs is not None and ctx.batches is not None
         # the stage start's outputs on the whole task, once (eval mode, like every anchor)
-        self.teacher = ctx.outputs(ctx.anchor, self.split.x)[:, self.classes] if classes else None
-        # the same batches as task_ce: no extra data
-        self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
+        self.teacher = ctx.outputs(ctx.anchor, self.split)[:, self.classes] if classes else None
+        # the same batches as task_ce: no extra data (one source, read once per step)
+        self.batches = ctx.batches("task_ce", self.split, ctx.batch_size)
+        self.sampler = self.batches.sampler
         self._teacher: Tensor | None = None
 
     def sample(self, step: int) -> Batch | None:
         if self.teacher is None:
             return None
-        idx = self.sampler.indices(step)
+        x, _, idx = self.batches.get(step)
         self._teacher = self.teacher[idx]
-        return Batch(self.split.x[idx], key=("task", self.sampler.name))  # task_ce's rows
+        return Batch(x, key=("task", self.sampler.name))  # task_ce's rows
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         if logits is None or self._teacher is None:

@@ -15,6 +15,7 @@ from torch import Tensor
 from fipframe.core.configs import PluginConfig, Scheduled
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
+from fipframe.data import inputs as I
 from fipframe.errors import TraversalError
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -32,14 +33,16 @@ class TaskCE(SecondaryObjective):
     def bind(self, ctx: StageContext) -> None:
         if ctx.task is None:
             raise TraversalError("objective task_ce needs a stage with `task:` set")
+        assert ctx.batches is not None
         self.split = ctx.task.train
-        self.sampler = ctx.sampler("task_ce", len(self.split), ctx.batch_size)
+        self.batches = ctx.batches("task_ce", self.split, ctx.batch_size)
+        self.sampler = self.batches.sampler
         self.tasks, self.index = ctx.tasks, ctx.task_index
         self.table = ctx.tasks.class_table()
 
     def sample(self, step: int) -> Batch:
-        idx = self.sampler.indices(step)
-        return Batch(self.split.x[idx], self.split.y[idx], key=("task", self.sampler.name))
+        x, y, _ = self.batches.get(step)
+        return Batch(x, y, key=("task", self.sampler.name))
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         assert logits is not None and batch is not None
@@ -68,7 +71,7 @@ class FromMemory(SecondaryObjective):
             return None
         self.idx = self.sampler.indices(step)
         return Batch(
-            self.memory.inputs[self.idx],  # type: ignore[index]
+            I.take(self.memory.inputs, self.idx),  # type: ignore[arg-type]
             self.memory.targets[self.idx],  # type: ignore[index]
             key=("memory", self.sampler.name),
         )

@@ -17,7 +17,7 @@ An objective may write to it in :meth:`SecondaryObjective.bind` and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -34,14 +34,15 @@ if TYPE_CHECKING:
 
 
 class Batch(NamedTuple):
-    """Inputs (already on the device), optional integer targets, and where the rows came from.
+    """Inputs (already on the device: a tensor, or a mapping of named tensors), optional
+    integer targets, and where the rows came from.
 
     ``key`` names the rows, e.g. ``("task", sampler.name)``: within one step, batches with equal
     keys must hold the same inputs, and the engine forwards them once and hands each of their
     objectives the same logits. ``None`` (the default): never shared.
     """
 
-    inputs: Tensor
+    inputs: Tensor | Mapping[str, Tensor]
     targets: Tensor | None = None
     key: Hashable | None = None
 
@@ -68,8 +69,12 @@ class StageContext:
     #: index of ``task`` in ``tasks`` (None for a stage without a task)
     task_index: int | None = None
     #: ``outputs(params, inputs)``: logits in eval mode, batched, without gradients (the way
-    #: the engine computes every anchor output)
-    outputs: Callable[[Params, Tensor], Tensor] | None = None
+    #: the engine computes every anchor output); ``inputs`` may also be a whole split
+    outputs: Callable[[Params, Any], Tensor] | None = None
+    #: ``batches(name, split, batch_size)``: the stage's batches of ``split`` along the sampler
+    #: ``name``; ``.get(step)`` gives ``(inputs, labels, rows)`` on the device, from resident or
+    #: streamed data alike. Objectives asking for the same name and split share one source.
+    batches: Callable[[str, Any, int], Any] | None = None
 
 
 class SecondaryObjective(ABC):

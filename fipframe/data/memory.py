@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from fipframe.data import inputs as I
 from fipframe.data.task import Task
 
 
@@ -34,10 +35,11 @@ class Memory:
         self.size = size
         self.selection = selection
         self.seed = seed
-        # (task index, task, ordering, outputs recorded for the ordering when stored, or None)
-        self._tasks: list[tuple[int, Task, Tensor, Tensor | None]] = []
+        # (task index, task, ordering, the ordering's inputs, outputs recorded for them when
+        # stored or None)
+        self._tasks: list[tuple[int, Task, Tensor, I.Inputs, Tensor | None]] = []
         self._priority: dict[int, Tensor] = {}  # reservoir: sorted priorities of each ordering
-        self.inputs: Tensor | None = None
+        self.inputs: I.Inputs | None = None  # a tensor or named tensors, always resident
         self.logits: Tensor | None = None  # outputs recorded at storage time (all tasks), or None
         self.targets: Tensor | None = None
         self.task_ids: Tensor | None = None
@@ -67,8 +69,9 @@ class Memory:
         if index in self.seen or self.size == 0:
             return
         order = self._ordering(index, task)
-        logits = record(task.train.x[order.to(task.train.y.device)]) if record else None
-        self._tasks.append((index, task, order, logits))
+        stored = task.train.gather(order)  # read once, also from streamed data
+        logits = record(stored) if record else None
+        self._tasks.append((index, task, order, stored, logits))
         self._materialise()
 
     def _ordering(self, index: int, task: Task) -> Tensor:
@@ -105,14 +108,14 @@ class Memory:
             kept = owner[pr.argsort()[: self.size]]
             shares = torch.bincount(kept, minlength=n).tolist()
         xs, ys, ts, ls = [], [], [], []
-        for k, (index, task, order, logits) in enumerate(self._tasks):
+        for k, (index, task, order, stored, logits) in enumerate(self._tasks):
             n = shares[k]
             take = order[:n].to(task.train.y.device)
-            xs.append(task.train.x[take])
+            xs.append(I.narrow(stored, 0, n))
             ys.append(task.train.y[take])
             ts.append(torch.full_like(ys[-1], index))
             ls.append(None if logits is None else logits[:n])
-        self.inputs, self.targets, self.task_ids = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+        self.inputs, self.targets, self.task_ids = I.cat(xs), torch.cat(ys), torch.cat(ts)
         self.logits = None if any(x is None for x in ls) else torch.cat(ls)  # type: ignore[arg-type]
 
     def counts(self) -> dict[int, int]:

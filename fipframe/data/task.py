@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -45,6 +45,42 @@ class Split:
         """Every input in order, in batches of ``batch_size``."""
         n = len(self)
         return [I.narrow(self.x, i, i + batch_size) for i in range(0, n, batch_size)]
+
+    def head(self, n: int) -> I.Inputs:
+        """The inputs of the first ``n`` rows."""
+        return I.narrow(self.x, 0, n)
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+        return I.shapes(self.x)
+
+    def batches(self, sampler: Any) -> Batches:
+        """Training batches that follow ``sampler`` (``get(t)`` gathers ``indices(t)``)."""
+        return Batches(self, sampler)
+
+    @staticmethod
+    def concat(splits: Sequence[Split]) -> Split:
+        return Split(I.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
+
+
+class Batches:
+    """Batches of a resident split along a sampler: ``get(t)`` -> (inputs, labels, rows)."""
+
+    def __init__(self, split: Split, sampler: Any):
+        self.split = split
+        self.sampler = sampler
+
+    def get(self, step: int) -> tuple[I.Inputs, Tensor, Tensor]:
+        idx = self.sampler.indices(step)
+        return I.take(self.split.x, idx), self.split.y[idx], idx
+
+    def close(self) -> None:
+        pass
+
+
+def concat(splits: Sequence[Any]) -> Any:
+    """One split of every row of ``splits`` (resident or streamed, not mixed)."""
+    return type(splits[0]).concat(splits)
 
 
 @dataclass
@@ -152,7 +188,7 @@ def class_split(
             else f"{classes[0]}..{classes[-1]}"
         )
         tasks.append(Task(f"task_{i} ({label})", classes, *picked))
-    return TaskSequence(name, tasks, I.shapes(train.x), num_classes, scenario=scenario)
+    return TaskSequence(name, tasks, train.input_shape, num_classes, scenario=scenario)
 
 
 def _pick(split: Split, classes: tuple[int, ...], limit: int | None) -> Split:

@@ -42,8 +42,11 @@ class Evaluator:
         self.bn_stale = False
 
     # -- outputs -------------------------------------------------------------------------------
-    def logits(self, params: Params, x: I.Inputs) -> Tensor:
-        """Eval-mode outputs on ``x`` (a tensor or named tensors), batched, without gradients."""
+    def logits(self, params: Params, x: Any) -> Tensor:
+        """Eval-mode outputs on ``x`` (a tensor, named tensors or a whole split), batched,
+        without gradients."""
+        if getattr(x, "streamed", None) is not None:
+            return self.split_logits(params, x)
         bs = self.settings.eval_batch_size
         was = self.adapter.model.training
         self.adapter.train(False)

@@ -11,7 +11,7 @@ and caches the anchor outputs on the stored inputs. Benches and plugins use both
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fipframe.core.objective import StageContext
 from fipframe.core.params import Params
+from fipframe.data import inputs as I
 from fipframe.data.memory import Memory
 from fipframe.data.sampling import Sampler
 from fipframe.data.task import TaskSequence
@@ -69,6 +70,12 @@ class Stage:
     anchor_ref: Tensor | None
     stored: Sampler | None
     fused: bool
+    #: the batch sources objectives opened (closed at the stage end: loader workers stop)
+    sources: dict[Any, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
 
 
 def build_components(
@@ -94,7 +101,7 @@ def build_components(
     else:
         from fipframe.data.user import task_sequence
 
-        tasks = task_sequence(data)
+        tasks = task_sequence(data, loader=rs.loader)
     if rs.stream:
         from fipframe.data.stream import stream_tasks
 
@@ -126,6 +133,8 @@ def build_components(
                     "or a fipframe.ArchitectureAdapter"
                 )
     adapter.to(device, dtype)
+    if model is not None or data is not None:
+        check_output(adapter, tasks)
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
     mode_dependent = any(isinstance(m, _MODE_DEPENDENT) for m in adapter.model.modules())
@@ -143,6 +152,40 @@ def build_components(
         "config" if model is None else "python",
         "config" if data is None else "python",
     )
+
+
+def check_output(adapter: Any, tasks: TaskSequence) -> None:
+    """The model must map a batch of the tasks' inputs to logits [batch, num_classes]."""
+    split = tasks.tasks[0].train
+    x = split.gather(torch.arange(min(2, len(split))))
+    name = type(adapter.model).__name__
+    was = adapter.model.training
+    adapter.train(False)
+    try:
+        with torch.no_grad():
+            out = adapter.forward(adapter.params(), x)
+    except Exception as exc:  # the user's forward: any failure is a mismatch with the data
+        raise ConfigError(
+            f"model: {name} failed on a batch of task 0's inputs {I.describe(x)}: "
+            f"{type(exc).__name__}: {exc}"
+            + (
+                " (named inputs are passed as keyword arguments: forward(self, "
+                + ", ".join(x)
+                + "))"
+                if I.is_mapping(x)
+                else ""
+            )
+        ) from exc
+    finally:
+        adapter.train(was)
+    n = tasks.num_classes
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != n:
+        got = f"shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model: {name} returned {got} on a batch of task 0's inputs {I.describe(x)}; the "
+            f"tasks have {n} classes, so it must return logits of shape [batch, {n}] (or an "
+            "object whose .logits has that shape)"
+        )
 
 
 def stage_seed(seed: int, branch: str, si: int) -> int:
@@ -170,6 +213,14 @@ def build_stage(
     def sampler(name: str, n: int, batch_size: int) -> Sampler:
         return Sampler(n, batch_size, seed=key, name=name, device=comp.device)
 
+    sources: dict[tuple[str, int, int], Any] = {}
+
+    def batches(name: str, split: Any, batch_size: int) -> Any:
+        key = (name, id(split), batch_size)
+        if key not in sources:
+            sources[key] = split.batches(sampler(name, len(split), batch_size))
+        return sources[key]
+
     task = comp.tasks.tasks[cfg.task] if cfg.task is not None else None
     ctx = StageContext(
         comp.tasks,
@@ -186,6 +237,7 @@ def build_stage(
         metric,
         cfg.task,
         comp.evaluator.logits,
+        batches,
     )
     for objective in objectives:
         objective.bind(ctx)
@@ -198,5 +250,12 @@ def build_stage(
             anchor_ref = metric.reference(comp.evaluator.logits(anchor, memory.inputs))
         stored = sampler("stored_inputs", len(memory), cfg.memory_batch)
     return Stage(
-        cfg, integrator, metric, objectives, anchor_ref, stored, fused=not comp.mode_dependent
+        cfg,
+        integrator,
+        metric,
+        objectives,
+        anchor_ref,
+        stored,
+        fused=not comp.mode_dependent,
+        sources=sources,
     )

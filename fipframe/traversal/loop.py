@@ -123,99 +123,108 @@ class StageLoop:
             return params  # the stage had finished before the interruption
         train_metrics: dict[str, float] = {}
         sink: list[Params] | None = [] if observers else None
-        with self.progress.bar(where, cfg.steps, step) as bar:
-            comp.adapter.train(True)
-            while step < cfg.steps:
-                params = pruner.before_step(params, step, cfg.steps)
-                for objective in refreshers:
-                    if step % objective.refresh_every == 0:
-                        objective.refresh(params, step)
-                problem = make_problem(comp, st, memory, step, step / cfg.steps, sink)
-                before = params
-                params, state, stats = st.integrator.step(params, state, problem, scale)
-                params = pruner.after_step(params)
-                if sink:
-                    grad = sink.pop()
-                    sink.clear()
-                    for objective in observers:
-                        objective.observe(before, params, grad)
-                for k, v in stats.items():
-                    sums[k] = sums[k] + v if k in sums else v.detach().clone()
-                count += 1
-                step += 1
-                if step % chunk and step != cfg.steps:
-                    continue
-                names = list(sums)
-                values = torch.stack([sums[k].float() for k in names])
-                finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
-                if not finite:
-                    rollbacks += 1
-                    if rollbacks > comp.config.run.max_rollbacks:
-                        raise TraversalError(
-                            f"{where}: non-finite values at step {step} after "
-                            f"{rollbacks - 1} rollbacks; lower the step size"
+        try:
+            with self.progress.bar(where, cfg.steps, step) as bar:
+                comp.adapter.train(True)
+                while step < cfg.steps:
+                    params = pruner.before_step(params, step, cfg.steps)
+                    for objective in refreshers:
+                        if step % objective.refresh_every == 0:
+                            objective.refresh(params, step)
+                    problem = make_problem(comp, st, memory, step, step / cfg.steps, sink)
+                    before = params
+                    params, state, stats = st.integrator.step(params, state, problem, scale)
+                    params = pruner.after_step(params)
+                    if sink:
+                        grad = sink.pop()
+                        sink.clear()
+                        for objective in observers:
+                            objective.observe(before, params, grad)
+                    for k, v in stats.items():
+                        sums[k] = sums[k] + v if k in sums else v.detach().clone()
+                    count += 1
+                    step += 1
+                    if step % chunk and step != cfg.steps:
+                        continue
+                    names = list(sums)
+                    values = torch.stack([sums[k].float() for k in names])
+                    finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
+                    if not finite:
+                        rollbacks += 1
+                        if rollbacks > comp.config.run.max_rollbacks:
+                            raise TraversalError(
+                                f"{where}: non-finite values at step {step} after "
+                                f"{rollbacks - 1} rollbacks; lower the step size"
+                            )
+                        params, state, step = good.params, good.state, good.step
+                        restore_objectives(good.objectives)
+                        pruner.restore(good.masks)
+                        scale *= 0.5
+                        sums, count = {}, 0
+                        self.progress.line(
+                            f"{where}: non-finite values; rolled back to step {step}, "
+                            f"step scale now {scale:g}"
                         )
-                    params, state, step = good.params, good.state, good.step
-                    restore_objectives(good.objectives)
-                    pruner.restore(good.masks)
-                    scale *= 0.5
+                        continue
+                    train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
+                    train_metrics["step_scale"] = scale
+                    train_metrics.update(
+                        ev.path_measures(
+                            st.metric, st.anchor_ref, memory.inputs, good.params, params, lengths
+                        )
+                    )
+                    train_metrics.update(
+                        pruner.measures(params, st.objectives, step / cfg.steps, ev.evaluate)
+                    )
                     sums, count = {}, 0
-                    self.progress.line(
-                        f"{where}: non-finite values; rolled back to step {step}, step scale now "
-                        f"{scale:g}"
-                    )
-                    continue
-                train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
-                train_metrics["step_scale"] = scale
-                train_metrics.update(
-                    ev.path_measures(
-                        st.metric, st.anchor_ref, memory.inputs, good.params, params, lengths
-                    )
-                )
-                train_metrics.update(
-                    pruner.measures(params, st.objectives, step / cfg.steps, ev.evaluate)
-                )
-                sums, count = {}, 0
-                good = LastGood(
-                    params, state, step, [o.state_dict() for o in st.objectives], pruner.snapshot()
-                )
-                self.position.step = step
-                bar.update(step - bar.n)
-                if step == cfg.steps:
-                    break  # the stage-end record below carries this chunk
-                metrics = {**train_metrics, **ev.evaluate(params)}
-                every = comp.config.run.save_every
-                point = (
-                    rec.save(branch, si, cfg, step, params) if every and step % every == 0 else None
-                )
-                record = rec.emit("chunk", branch, si, cfg, step, metrics, point)
-                rec.commit(
-                    params,
-                    Commit(
-                        branch,
-                        si,
+                    good = LastGood(
+                        params,
+                        state,
                         step,
-                        full_state(state),
-                        scale,
-                        rollbacks,
-                        anchor_rel,
-                        lengths=lengths,
-                    ),
-                )
-                self.notify(record)
-                bar.set_postfix_str(short(metrics))
-                self.progress.chunk(where, step, cfg.steps, short(metrics))
-        return self._finish(
-            branch,
-            si,
-            cfg,
-            st,
-            pruner,
-            params,
-            carry,
-            train_metrics,
-            Commit(branch, si, cfg.steps, {}, scale, rollbacks, anchor_rel, True),
-        )
+                        [o.state_dict() for o in st.objectives],
+                        pruner.snapshot(),
+                    )
+                    self.position.step = step
+                    bar.update(step - bar.n)
+                    if step == cfg.steps:
+                        break  # the stage-end record below carries this chunk
+                    metrics = {**train_metrics, **ev.evaluate(params)}
+                    every = comp.config.run.save_every
+                    point = (
+                        rec.save(branch, si, cfg, step, params)
+                        if every and step % every == 0
+                        else None
+                    )
+                    record = rec.emit("chunk", branch, si, cfg, step, metrics, point)
+                    rec.commit(
+                        params,
+                        Commit(
+                            branch,
+                            si,
+                            step,
+                            full_state(state),
+                            scale,
+                            rollbacks,
+                            anchor_rel,
+                            lengths=lengths,
+                        ),
+                    )
+                    self.notify(record)
+                    bar.set_postfix_str(short(metrics))
+                    self.progress.chunk(where, step, cfg.steps, short(metrics))
+            return self._finish(
+                branch,
+                si,
+                cfg,
+                st,
+                pruner,
+                params,
+                carry,
+                train_metrics,
+                Commit(branch, si, cfg.steps, {}, scale, rollbacks, anchor_rel, True),
+            )
+        finally:
+            st.close()  # loader workers of streamed data stop here
 
     def _finish(
         self,

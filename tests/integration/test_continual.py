@@ -14,6 +14,7 @@ from fipframe.api import load_config, run
 from fipframe.builtin.continual import EWC, SI, EWCConfig, SIConfig
 from fipframe.core.configs import PluginConfig
 from fipframe.core.objective import Batch, SecondaryObjective
+from fipframe.data.task import Split
 from fipframe.errors import TraversalError
 from fipframe.plugins import make_plugin_manager
 from fipframe.traversal.artifact import load_point
@@ -146,7 +147,7 @@ def test_ewc_fisher_matches_a_dense_oracle():
     adapter = ArchitectureAdapter(model)
     x = torch.randn(10, 5, dtype=torch.float64)
     point = adapter.params()
-    task = SimpleNamespace(train=SimpleNamespace(x=x))
+    task = SimpleNamespace(train=Split(x, torch.zeros(len(x), dtype=torch.long)))
     ctx = SimpleNamespace(tasks=SimpleNamespace(tasks=[task]), adapter=adapter)
     got = EWC(EWCConfig(samples=10, chunk=3, fisher="exact"))._fisher(ctx, _kl(), 0, point)
     # oracle: mean_x J^T (diag p - p p^T) J, its diagonal
@@ -178,7 +179,10 @@ def test_ewc_sampled_fisher_is_unbiased():
     adapter = ArchitectureAdapter(_tiny_model().double())
     x = torch.randn(4, 5, dtype=torch.float64).repeat(1000, 1)  # 4 inputs, 1000 draws each
     ctx = SimpleNamespace(
-        tasks=SimpleNamespace(tasks=[SimpleNamespace(train=SimpleNamespace(x=x))]), adapter=adapter
+        tasks=SimpleNamespace(
+            tasks=[SimpleNamespace(train=Split(x, torch.zeros(len(x), dtype=torch.long)))]
+        ),
+        adapter=adapter,
     )
     point = adapter.params()
     exact = EWC(EWCConfig(samples=4, fisher="exact"))._fisher(ctx, _kl(), 0, point)

@@ -1,0 +1,324 @@
+"""Streamed splits: examples read through a ``torch.utils.data.DataLoader`` as the path needs them.
+
+For data that does not fit on the device. A :class:`StreamedSplit` keeps only its labels
+resident and offers what a resident :class:`~fipframe.data.task.Split` does (``gather``,
+``inputs``, ``subset``, ``concat``, and :meth:`StreamedSplit.batches` for training). Training
+batches follow the same deterministic sampler as resident data (batch ``t`` of a stage is a
+function of seed, branch, stage and ``t``), fetched by DataLoader workers, pinned, and copied
+to the device one batch ahead. So a streamed run draws exactly the batches a resident one
+does, and a resumed run exactly those of an uninterrupted one. Random transforms of a Dataset
+are reproducible too: before item ``i`` of step ``t`` is read, torch's generator is seeded
+from ``(seed, name, t, i)``, whichever worker reads it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from fipframe.data import inputs as I
+from fipframe.errors import ConfigError, TraversalError
+
+#: ``transform(inputs, generator) -> inputs``: a per-batch transform on the device
+BatchTransform = Callable[[I.Inputs, torch.Generator], I.Inputs]
+
+
+class TensorsDataset(Dataset):
+    """Rows of resident tensors (a tensor or named tensors) with their labels, as a Dataset."""
+
+    deterministic = True  # no random transform: items need no seeding
+
+    def __init__(self, x: I.Inputs, y: Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Any, Tensor]:
+        if I.is_mapping(self.x):
+            return {k: v[i] for k, v in self.x.items()}, self.y[i]  # type: ignore[union-attr]
+        return self.x[i], self.y[i]  # type: ignore[index]
+
+
+class _Keyed(Dataset):
+    """Reads ``dataset[i]`` for a key ``(seed, t, i)``, seeding torch first when it may draw."""
+
+    def __init__(self, dataset: Dataset, name: str):
+        self.dataset = dataset
+        self.name = name
+        self.seeded = not getattr(dataset, "deterministic", False)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        seed, t, i = key
+        if not self.seeded:
+            return self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(f"{seed}/{self.name}/{t}/{i}".encode()))
+            return self.dataset[i]
+
+
+def _collate(items: Sequence[Any]) -> tuple[I.Inputs, Tensor]:
+    xs, ys = zip(*items, strict=True)
+    if I.is_mapping(xs[0]):
+        x: I.Inputs = {k: torch.stack([torch.as_tensor(e[k]) for e in xs]) for k in xs[0]}
+    else:
+        x = torch.stack([torch.as_tensor(e) for e in xs])
+    return x, torch.as_tensor([int(y) for y in ys], dtype=torch.long)
+
+
+def check_item(item: Any, where: str) -> None:
+    """A Dataset's item must be ``(input, label)``: a tensor or named tensors, and an integer."""
+    ok = isinstance(item, (tuple, list)) and len(item) == 2
+    if ok:
+        x, y = item
+        x_ok = isinstance(x, Tensor) or (
+            I.is_mapping(x) and x and all(isinstance(v, Tensor) for v in x.values())
+        )
+        y_ok = isinstance(y, int) or (
+            isinstance(y, Tensor) and y.dim() == 0 and not y.is_floating_point()
+        )
+        ok = bool(x_ok and y_ok)
+    if not ok:
+        shown = (
+            "(" + ", ".join(type(v).__name__ for v in item) + ")"
+            if isinstance(item, (tuple, list))
+            else type(item).__name__
+        )
+        raise ConfigError(
+            f"{where}: a Dataset's item must be (input, label) with input a tensor or a dict of "
+            f"tensors and label an int; item 0 is {shown} (for images, end the transform with "
+            "torchvision's ToTensor())"
+        )
+
+
+class StreamedSplit:
+    """A split whose inputs are read from a Dataset; labels ``y`` stay resident.
+
+    Args:
+        dataset: items ``(input, label)``; ``input`` a tensor or a dict of tensors.
+        y: every item's label (read once through the loader if None).
+        loader: the run's ``LoaderConfig`` (workers, prefetch, pin_memory).
+        transform: an optional per-batch transform on the device (see :data:`BatchTransform`).
+        where: the split's name in error messages.
+    """
+
+    streamed = True
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        y: Tensor | None,
+        loader: Any,
+        *,
+        transform: BatchTransform | None = None,
+        where: str = "data",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        example: Any = None,
+    ):
+        self.dataset = dataset
+        self.loader = loader
+        self.transform = transform
+        self.where = where
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
+        n = len(dataset)  # type: ignore[arg-type]
+        if example is None and n:
+            example = dataset[0]
+            check_item(example, where)
+        self._example = example
+        self.y = self._labels() if y is None else y
+        if len(self.y) != n:
+            raise ConfigError(f"{where}: {len(self.y)} labels for {n} items")
+
+    # -- what a resident split offers ------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def x(self) -> Any:
+        raise TraversalError(
+            f"{self.where} is streamed: its inputs are not resident; use split.gather(index), "
+            "split.inputs(batch_size) or StageContext.batches(...)"
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+        x = self._example[0]
+        if I.is_mapping(x):
+            return {k: tuple(torch.as_tensor(v).shape) for k, v in x.items()}
+        return tuple(torch.as_tensor(x).shape)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> StreamedSplit:
+        return self._like(self.dataset, self.y.to(device), device=device, dtype=dtype)
+
+    def subset(self, index: Tensor) -> StreamedSplit:
+        return self._like(Subset(self.dataset, index.cpu().tolist()), self.y[index])
+
+    def gather(self, index: Tensor) -> I.Inputs:
+        """The inputs of rows ``index``, read now and moved to the device."""
+        keyed = _Keyed(self.dataset, "gather")
+        x, _ = _collate([keyed[(0, -1, int(i))] for i in index.cpu().tolist()])
+        return I.to(x, self.device, self.dtype)
+
+    def head(self, n: int) -> I.Inputs:
+        """The inputs of the first ``n`` rows, read now."""
+        return self.gather(torch.arange(n))
+
+    def inputs(self, batch_size: int) -> Iterator[I.Inputs]:
+        """Every input in order, in batches, through the loader (evaluation)."""
+        order = torch.arange(len(self))
+        steps = [order[i : i + batch_size] for i in range(0, len(self), batch_size)]
+        for x, _ in self._iterate(steps, seed=0, start=-len(steps), name="eval"):
+            yield x
+
+    def batches(self, sampler: Any) -> BatchStream:
+        """Training batches that follow ``sampler`` (its ``indices(t)`` for t = 0, 1, ...)."""
+        return BatchStream(self, sampler)
+
+    @staticmethod
+    def concat(splits: Sequence[StreamedSplit]) -> StreamedSplit:
+        first = splits[0]
+        return first._like(
+            ConcatDataset([s.dataset for s in splits]), torch.cat([s.y for s in splits])
+        )
+
+    # -- loading -------------------------------------------------------------------------------
+    def _like(self, dataset: Dataset, y: Tensor, **kw: Any) -> StreamedSplit:
+        args = {"device": self.device, "dtype": self.dtype, **kw}
+        return StreamedSplit(
+            dataset,
+            y,
+            self.loader,
+            transform=self.transform,
+            where=self.where,
+            example=self._example,
+            **args,
+        )
+
+    def _iterate(
+        self, steps: Any, *, seed: int, start: int, name: str
+    ) -> Iterator[tuple[I.Inputs, Tensor]]:
+        """Batches of the index tensors in ``steps`` (step numbers from ``start``), on the
+        device, one batch ahead."""
+        cfg = self.loader
+        pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
+        keys = ([(seed, start + k, int(i)) for i in idx.tolist()] for k, idx in enumerate(steps))
+        loader = DataLoader(
+            _Keyed(self.dataset, name),
+            batch_sampler=keys,  # type: ignore[arg-type]
+            num_workers=cfg.workers,
+            prefetch_factor=cfg.prefetch if cfg.workers else None,
+            pin_memory=pin,
+            collate_fn=_collate,
+        )
+        ahead = None
+        for x, y in loader:
+            batch = (
+                I.to_device_async(x, self.device, self.dtype),
+                y.to(self.device, non_blocking=True),
+            )
+            if ahead is not None:
+                yield ahead
+            ahead = batch
+        if ahead is not None:
+            yield ahead
+
+    def _labels(self) -> Tensor:
+        targets = getattr(self.dataset, "targets", None)
+        if targets is not None and len(targets) == len(self.dataset):  # type: ignore[arg-type]
+            return torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        ys = [int(self.dataset[i][1]) for i in range(len(self.dataset))]  # type: ignore[arg-type]
+        return torch.tensor(ys, dtype=torch.long)
+
+
+class _Steps:
+    """The sampler's batches from step ``start`` on, as index tensors (for the loader)."""
+
+    def __init__(self, sampler: Any, start: int):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self) -> Iterator[Tensor]:
+        t = self.start
+        while True:
+            yield self.sampler.indices(t).cpu()
+            t += 1
+
+
+class BatchStream:
+    """Training batches of a streamed split: ``get(t)`` is the batch the sampler names at ``t``.
+
+    Steps are asked for in order; any other step (a resume, a rollback) restarts the loader
+    there. The loader's workers stop when the stream is closed or collected.
+    """
+
+    def __init__(self, split: StreamedSplit, sampler: Any):
+        from fipframe.data.sampling import Sampler
+
+        self.split = split
+        self.sampler = sampler
+        # the loader walks a host copy of the sampler (same indices, no device sync per step)
+        self._host = Sampler(
+            sampler.n, sampler.batch_size, seed=sampler.seed, name=sampler.name, device="cpu"
+        )
+        self._it: Iterator[tuple[I.Inputs, Tensor]] | None = None
+        self._last: tuple[int, tuple[I.Inputs, Tensor, Tensor]] | None = None
+        self._gen: torch.Generator | None = None
+
+    def get(self, step: int) -> tuple[I.Inputs, Tensor, Tensor]:
+        """Inputs and labels of step ``step`` on the device, and their rows in the split."""
+        if self._last is not None and self._last[0] == step:  # a second objective, same rows
+            return self._last[1]
+        if self._it is None or self._last is None or step != self._last[0] + 1:
+            self.close()
+            self._it = self.split._iterate(
+                _Steps(self._host, step), seed=self._host.seed, start=step, name=self._host.name
+            )
+        x, y = next(self._it)
+        if self.split.transform is not None:
+            if self._gen is None:
+                self._gen = torch.Generator(device=self.split.device)
+            key = f"{self._host.seed}/{self._host.name}/{step}"
+            self._gen.manual_seed(zlib.crc32(key.encode()))
+            x = self.split.transform(x, self._gen)
+        out = (x, y, self.sampler.indices(step))
+        self._last = (step, out)
+        return out
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()  # type: ignore[attr-defined]
+        self._last = None
+
+
+def stream_tasks(tasks: Any, loader: Any) -> Any:
+    """The same tasks with every resident split read through a DataLoader (``run.stream``)."""
+    from fipframe.data.task import Task, TaskSequence
+
+    def stream(split: Any, where: str) -> Any:
+        if split.streamed:
+            return split
+        x = I.to(split.x, torch.device("cpu"))
+        y = split.y.cpu()
+        return StreamedSplit(TensorsDataset(x, y), y, loader, where=where)
+
+    out = [
+        Task(
+            t.name,
+            t.classes,
+            *(stream(getattr(t, s), f"data.tasks[{i}].{s}") for s in ("train", "val", "test")),
+        )
+        for i, t in enumerate(tasks.tasks)
+    ]
+    return TaskSequence(
+        tasks.name, out, tasks.input_shape, tasks.num_classes, dict(tasks.meta), tasks.scenario
+    )
