@@ -38,6 +38,7 @@ def task_sequence(
     num_classes: int | None = None,
     scenario: Scenario = "class",
     loader: Any = None,
+    transform: Any = None,
     name: str = "user",
 ) -> TaskSequence:
     """Tasks from tensors or Datasets (see the module docstring), checked.
@@ -49,6 +50,9 @@ def task_sequence(
         scenario: ``"class"`` (one head, argmax over every class) or ``"task"`` (only the
             task's classes compete).
         loader: a ``LoaderConfig`` for Datasets (default: 2 workers).
+        transform: ``transform(inputs, generator) -> inputs``, applied on the device to every
+            training batch of a Dataset (augmentation on the GPU); ``generator`` is seeded by
+            the step, so a resumed run draws what an uninterrupted one does.
     """
     if isinstance(data, TaskSequence):
         check(data)
@@ -65,6 +69,11 @@ def task_sequence(
 
         loader = LoaderConfig()
     splits = [_task_splits(entry, i, loader) for i, entry in enumerate(data)]
+    if transform is not None:
+        for parts in splits:
+            if not parts[0].streamed:
+                raise ConfigError("data: transform= applies to Datasets; these are tensors")
+            parts[0].transform = transform
     labels = torch.cat([s.y for parts in splits for s in parts])
     top = int(labels.max()) + 1 if len(labels) else 0
     if len(labels) and int(labels.min()) < 0:

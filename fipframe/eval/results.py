@@ -20,6 +20,10 @@ class RunResult:
     task_names: list[str]
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (branch, stage) -> (end point, buffers) held in memory by the run that made this result
+    points: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    #: the parameters no path moved (frozen), held in memory by the run that made this result
+    fixed: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_records(
@@ -158,6 +162,64 @@ class RunResult:
             "final_val_accuracy": {b: self.accuracies(b, "val") for b in self.branches},
             **self.extra,
         }
+
+    # -- the trained network -----------------------------------------------------------------
+    def load_into(self, module: Any, branch: str | None = None, stage: str | None = None) -> Any:
+        """Copy the weights at the end of ``branch`` (default: the last branch) into ``module``.
+
+        ``stage``: that stage of the branch's path instead of its last (a trunk stage too).
+        Parameters that were frozen get the values the run started with; the module's buffers
+        (BatchNorm statistics) are those the run had at that point.
+        ``module`` must have the run's parameter names and shapes (a new instance of the
+        run's model class). Returns the module, in eval mode.
+        """
+        import torch
+
+        from fipframe.errors import ConfigError
+
+        branch = branch or self.branches[-1]
+        ends = [r for r in self.path(branch) if r["kind"] == "stage_end"]
+        if stage is not None:
+            ends = [r for r in ends if r["stage"] == stage]
+        if not ends:
+            what = f"stage {stage!r} on the path of branch {branch!r}" if stage else branch
+            raise ConfigError(
+                f"load_into: no finished {what}; branches: {', '.join(self.branches)}"
+            )
+        end = ends[-1]
+        key = (end["branch"], end["stage"])
+        fixed = self.fixed or {}
+        if key in self.points:
+            params, buffers = self.points[key]
+        elif self.run_dir is not None and end.get("point"):
+            from fipframe.traversal.artifact import FIXED, load_point
+
+            params = load_point(self.run_dir / end["point"])
+            buffers = load_point(self.run_dir / end["buffers"]) if end.get("buffers") else {}
+            if (self.run_dir / FIXED).is_file():
+                fixed = load_point(self.run_dir / FIXED)
+        else:
+            raise ConfigError("load_into: this result holds no points (run it with out=...)")
+        own = dict(module.named_parameters())
+        own_buffers = dict(module.named_buffers())
+        wrong = [
+            f"{n} {list(v.shape)}" + (f" vs {list(own[n].shape)}" if n in own else " missing")
+            for n, v in {**fixed, **params}.items()
+            if n not in own or own[n].shape != v.shape
+        ]
+        if wrong:
+            raise ConfigError(
+                f"load_into: {type(module).__name__} does not have the run's parameters "
+                f"({', '.join(wrong[:5])}); pass a new instance of the run's model class"
+            )
+        params = {**fixed, **params}
+        with torch.no_grad():
+            for n, v in params.items():
+                own[n].copy_(v)
+            for n, v in buffers.items():
+                if n in own_buffers and own_buffers[n].shape == v.shape:
+                    own_buffers[n].copy_(v)
+        return module.eval()
 
     # -- files -----------------------------------------------------------------------------
     def save(self) -> None:

@@ -14,5 +14,13 @@ from fipframe.testing.kit import (
     check_retraction,
     tiny_models,
 )
+from fipframe.testing.text import TinyTextClassifier, token_tasks
 
-__all__ = ["check_integrator_fixed_point", "check_metric", "check_retraction", "tiny_models"]
+__all__ = [
+    "TinyTextClassifier",
+    "check_integrator_fixed_point",
+    "check_metric",
+    "check_retraction",
+    "tiny_models",
+    "token_tasks",
+]

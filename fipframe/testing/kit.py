@@ -18,13 +18,16 @@ Forward = Callable[[Params], Tensor]
 
 
 def tiny_models(seed: int = 0, n: int = 5) -> Iterator[tuple[str, Forward, Params]]:
-    """Tiny float64 MLP, CNN and vision transformer with fixed inputs.
+    """Tiny float64 MLP, CNN, vision transformer and text transformer with fixed inputs.
 
     Yields ``(name, forward(params) -> logits, params)``. The transformer is torchvision's
     VisionTransformer (1 layer, 2 heads, width 4) on 8x8 images: attention, layer norm and GELU
-    in a model small enough for a dense Jacobian, in eval mode like the deployed function.
+    in a model small enough for a dense Jacobian, in eval mode like the deployed function. The
+    text model takes named inputs (``input_ids``, ``attention_mask`` with padding).
     """
     from torchvision.models import VisionTransformer
+
+    from fipframe.testing.text import TinyTextClassifier, token_tasks
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -47,6 +50,10 @@ def tiny_models(seed: int = 0, n: int = 5) -> Iterator[tuple[str, Forward, Param
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         adapter = ArchitectureAdapter(model)
         yield name, (lambda p, a=adapter, x=x: a.forward(p, x)), adapter.params()
+    text = TinyTextClassifier(8, 2, dim=4, heads=2, max_len=5).double().eval()
+    tokens = token_tasks(1, train=3, test=1, length=5, words=4, seed=seed)[0][0]
+    adapter = ArchitectureAdapter(text)
+    yield "text", (lambda p, a=adapter, x=tokens: a.forward(p, x)), adapter.params()
 
 
 def check_metric(metric: Metric, forward: Forward, params: Params, *, atol: float = 1e-9) -> None:

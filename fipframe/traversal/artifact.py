@@ -8,6 +8,8 @@
       metrics.jsonl          one JSON record per chunk and per stage end
       points/NNNNNN-<branch>-<stage>.safetensors
                              saved points: the traversable weights (full tensors, loadable alone)
+      points/fixed.safetensors  the parameters no path moves (frozen ones), saved once
+      origin.json            what ran: the model's class and parameters, the tasks' sizes
       checkpoint.safetensors the commit record: the last good point + integrator state + RNG
       summary.json, accuracy.png   written at the end (and by ``fipframe report``)
 
@@ -35,6 +37,7 @@ from fipframe.errors import ConfigError, TraversalError
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+FIXED = "points/fixed.safetensors"  # the module's parameters no path moves (frozen), once
 
 
 def _umask() -> int:

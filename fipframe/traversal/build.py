@@ -98,6 +98,9 @@ def build_components(
                 "`fipframe plugins`) or pass data= to fipframe.build/run"
             )
         tasks = registry.build("dataset", config.data, seed=rs.seed)
+        from fipframe.data.user import check
+
+        check(tasks)  # a dataset plugin's tasks pass the same checks as data from Python
     else:
         from fipframe.data.user import task_sequence
 
@@ -133,8 +136,7 @@ def build_components(
                     "or a fipframe.ArchitectureAdapter"
                 )
     adapter.to(device, dtype)
-    if model is not None or data is not None:
-        check_output(adapter, tasks)
+    check_output(adapter, tasks)
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
     mode_dependent = any(isinstance(m, _MODE_DEPENDENT) for m in adapter.model.modules())

@@ -22,7 +22,7 @@ from torch import nn
 from fipframe.errors import TraversalError
 from fipframe.eval.results import RunResult
 from fipframe.traversal import origin
-from fipframe.traversal.artifact import RunDir
+from fipframe.traversal.artifact import FIXED, RunDir
 from fipframe.traversal.build import Components, build_components, resolve_device
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.plan import Walk
@@ -100,11 +100,14 @@ class Traversal:
         if resume:
             assert self.dir is not None
             origin.check(self.dir.root, origin.read(self.dir.root), self.components)
+            origin.restore_fixed(self.dir.root, self.components)
         restart = records.restart() if resume else None
         if self.dir is not None and not resume:
             self.dir.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
             self.dir.write_json("plugins.json", self._plugin_versions())
             origin.write(self.dir.root, self.components)
+            if self._fixed():  # parameters no path moves: saved once, for load_into and export
+                self.dir.save_point(Path(FIXED).stem, self._fixed(), {"kind": "fixed"})
         if self.dir is not None:
             self.loggers = [
                 self.registry.build("logger", c, run_dir=self.dir.root) for c in self.config.loggers
@@ -120,10 +123,21 @@ class Traversal:
         result = RunResult.from_records(
             records.items, self.tasks, self.dir.root if self.dir else None
         )
+        result.points = dict(records.ends)
+        result.fixed = self._fixed()
         if self.dir is not None:
             result.save()
         self.pm.hook.fipframe_traversal_end(run=self, result=result)
         return result
+
+    def _fixed(self) -> dict[str, Any]:
+        """The module's parameters that are not traversable (frozen), as they are."""
+        moving = set(self.adapter.names)
+        return {
+            n: p.detach().clone()
+            for n, p in self.adapter.model.named_parameters()
+            if n not in moving
+        }
 
     def _notify(self, record: dict[str, Any]) -> None:
         """Loggers and hooks hear of a record only after it is committed, so an exception or

@@ -251,7 +251,23 @@ class StageLoop:
         metrics = {**train_metrics, **ev.evaluate(params)}
         point = rec.save(branch, si, cfg, cfg.steps, params, tag="end")
         carry_rel = rec.save(branch, si, cfg, cfg.steps, carry, tag="carry") if carry else None
-        record = rec.emit("stage_end", branch, si, cfg, cfg.steps, metrics, point, carry=carry_rel)
+        # the module's buffers (BatchNorm statistics) as they are at this point, for load_into
+        buffers = ev.buffers()
+        buffers_rel = (
+            rec.save(branch, si, cfg, cfg.steps, buffers, tag="buffers") if buffers else None
+        )
+        rec.keep_end(branch, cfg.name, params, buffers)
+        record = rec.emit(
+            "stage_end",
+            branch,
+            si,
+            cfg,
+            cfg.steps,
+            metrics,
+            point,
+            carry=carry_rel,
+            buffers=buffers_rel,
+        )
         done.state = {"integrator": {}, "objectives": [{} for _ in st.objectives], "carry": carry}
         rec.commit(params, done)
         self.notify(record)

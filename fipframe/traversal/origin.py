@@ -14,7 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fipframe.errors import ConfigError
+from fipframe.traversal.artifact import FIXED, load_point
 
 ORIGIN = "origin.json"
 
@@ -148,6 +151,17 @@ def check(root: Path, origin: dict[str, Any] | None, comp: Any) -> None:
         raise ConfigError([f"{root}: {p}" for p in problems])
 
 
+def restore_fixed(root: Path, comp: Any) -> None:
+    """Give the module the run's non-traversable parameters (a fresh instance has its own)."""
+    path = Path(root) / FIXED
+    if not path.is_file():
+        return
+    own = dict(comp.adapter.model.named_parameters())
+    with torch.no_grad():
+        for n, v in load_point(path, comp.device).items():
+            own[n].copy_(v)
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -169,4 +183,5 @@ def reopen(
         config, pm=cls.plugin_manager, registry=cls.registry, model=model, data=data
     )
     check(root, origin, comp)
+    restore_fixed(root, comp)
     return config, comp

@@ -76,6 +76,8 @@ class Records:
         self.dir = dir
         self.device = device
         self.items: list[dict[str, Any]] = []
+        #: (branch, stage) -> (end point, module buffers) of the stages finished in this process
+        self.ends: dict[tuple[str, str], tuple[Params, dict[str, Tensor]]] = {}
         self.seq = 0
         self.t0 = time.monotonic()
 
@@ -144,6 +146,10 @@ class Records:
         if self.dir is not None:
             self.dir.append_record(record)
         return record
+
+    def keep_end(self, branch: str, stage: str, params: Params, buffers: dict[str, Tensor]) -> None:
+        """Hold a stage's end point for the result (runs without a directory have no files)."""
+        self.ends[(branch, stage)] = (params, buffers)
 
     def commit(self, params: Params, c: Commit) -> None:
         """Atomically replace the checkpoint; it covers every record emitted so far."""
