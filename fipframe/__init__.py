@@ -18,6 +18,8 @@ _os.environ.setdefault("MKL_CBWR", "AUTO")
 __version__ = "0.1.0"
 
 from fipframe.api import build, load_config, preset_path, presets, resume, run  # noqa: E402
+from fipframe.core.adapter import ArchitectureAdapter  # noqa: E402
+from fipframe.data.user import task_sequence  # noqa: E402
 from fipframe.errors import ConfigError, PluginError, TraversalError  # noqa: E402
 from fipframe.eval.results import RunResult  # noqa: E402
 from fipframe.plugins import hookimpl, make_plugin_manager  # noqa: E402
@@ -25,6 +27,7 @@ from fipframe.registry import Spec  # noqa: E402
 from fipframe.traversal.engine import Traversal  # noqa: E402
 
 __all__ = [
+    "ArchitectureAdapter",
     "ConfigError",
     "PluginError",
     "RunResult",
@@ -40,4 +43,5 @@ __all__ = [
     "presets",
     "resume",
     "run",
+    "task_sequence",
 ]

@@ -209,6 +209,12 @@ class NpzConfig(PluginConfig):
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="share of x_train held out when the file has no x_val"
     )
+    normalize: Literal["none", "scale", "standardize"] = Field(
+        "none",
+        description="none: arrays as stored (integer inputs such as token ids stay integers); "
+        "scale: divide by 255 (8-bit images); standardize: scale, then subtract the training "
+        "set's mean and divide by its std",
+    )
     train_limit: int | None = Field(None, ge=1)
     eval_limit: int | None = Field(None, ge=1)
     scenario: Literal["class", "task"] = "class"
@@ -217,7 +223,7 @@ class NpzConfig(PluginConfig):
 def build_npz(cfg: NpzConfig, *, seed: int) -> TaskSequence:
     from fipframe.data.vision import load_npz
 
-    train, val, test = load_npz(cfg.path, cfg.val_fraction)
+    train, val, test = load_npz(cfg.path, cfg.val_fraction, cfg.normalize)
     classes = int(max(int(train.y.max()), int(test.y.max()))) + 1
     if wrong := sorted({c for t in cfg.tasks for c in t} - set(range(classes))):
         raise ConfigError(

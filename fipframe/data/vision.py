@@ -150,11 +150,14 @@ def load_cifar(
     return train, val, Split(*read([test_file]))
 
 
-def load_npz(path: str | Path, val_fraction: float) -> tuple[Split, Split, Split]:
+def load_npz(
+    path: str | Path, val_fraction: float, normalize: str = "none"
+) -> tuple[Split, Split, Split]:
     """A user's arrays: ``x_train, y_train, x_test, y_test`` and optionally ``x_val, y_val``.
 
-    Integer images are scaled to [0, 1] and standardised by the training set's mean and std;
-    float inputs are used as given. Labels must be integers.
+    ``normalize``: ``none`` keeps the arrays as stored (floats as float, integers as integers:
+    token ids); ``scale`` divides by 255; ``standardize`` scales, then standardises by the
+    training set's mean and std. Labels must be integers.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -177,12 +180,12 @@ def load_npz(path: str | Path, val_fraction: float) -> tuple[Split, Split, Split
     for part in ("train", "val", "test"):
         if f"x_{part}" in arrays and len(arrays[f"x_{part}"]) != len(arrays.get(f"y_{part}", [])):
             raise ConfigError(f"data.path: {path}: x_{part} and y_{part} differ in length")
-    scale = not np.issubdtype(arrays["x_train"].dtype, np.floating)
-    xs = {
-        k: torch.from_numpy(np.asarray(v)).float() for k, v in arrays.items() if k.startswith("x_")
-    }
-    if scale:
-        xs = {k: v / 255.0 for k, v in xs.items()}
+    xs = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("x_")}
+    if normalize == "none":
+        xs = {k: v.float() if v.is_floating_point() else v.long() for k, v in xs.items()}
+    else:
+        xs = {k: v.float() / 255.0 for k, v in xs.items()}
+    if normalize == "standardize":
         mean, std = xs["x_train"].mean(), xs["x_train"].std().clamp_min(1e-8)
         xs = {k: (v - mean) / std for k, v in xs.items()}
     ys = {

@@ -142,7 +142,15 @@ def test_npz_sequence_and_its_errors(pm, tmp_path):
     )
     assert seq.num_classes == 4 and seq.input_shape == (1, 6, 6) and seq.scenario == "task"
     assert len(seq.tasks[0].train) + len(seq.tasks[0].val) == 50 and len(seq.tasks[1].test) == 20
-    assert abs(float(torch.cat([t.train.x for t in seq.tasks]).mean())) < 0.2  # standardised
+    raw = torch.cat([t.train.x for t in seq.tasks])
+    assert raw.dtype == torch.int64 and int(raw.max()) == 255  # as stored: no silent rescaling
+    for normalize, low, high in (("scale", 0.0, 1.0), ("standardize", -2.0, 2.0)):
+        seq = _build(
+            pm, {"kind": "npz", "path": str(path), "tasks": [[0, 1]], "normalize": normalize}
+        )
+        x = seq.tasks[0].train.x
+        assert x.dtype == torch.float32 and low <= float(x.min()) and float(x.max()) <= high
+    assert abs(float(x.mean())) < 0.2  # standardized by the training set
     with pytest.raises(ConfigError, match=r"classes \[7\] do not occur"):
         _build(pm, {"kind": "npz", "path": str(path), "tasks": [[0, 7]]})
     np.savez(tmp_path / "bad.npz", x_train=np.zeros((3, 2)), y_train=np.zeros(3))
