@@ -7,8 +7,11 @@ batches follow the same deterministic sampler as resident data (batch ``t`` of a
 function of seed, branch, stage and ``t``), fetched by DataLoader workers, pinned, and copied
 to the device one batch ahead. So a streamed run draws exactly the batches a resident one
 does, and a resumed run exactly those of an uninterrupted one. Random transforms of a Dataset
-are reproducible too: before item ``i`` of step ``t`` is read, torch's generator is seeded
-from ``(seed, name, t, i)``, whichever worker reads it.
+are reproducible too: before item ``i`` of step ``t`` is read, torch's CPU generator (the
+one torchvision's random transforms draw from) is seeded from ``(seed, name, t, i)``,
+whichever worker reads it. A Dataset whose items draw nothing says so with a class attribute
+``deterministic = True`` and skips the seeding. Arrays already in host memory
+(``run.stream``) are gathered a whole batch at a time in the main process, without workers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class TensorsDataset(Dataset):
     """Rows of resident tensors (a tensor or named tensors) with their labels, as a Dataset."""
 
     deterministic = True  # no random transform: items need no seeding
+    in_memory = True  # batches are one gather in host memory: no worker processes needed
 
     def __init__(self, x: I.Inputs, y: Tensor):
         self.x, self.y = x, y
@@ -43,6 +47,18 @@ class TensorsDataset(Dataset):
         if I.is_mapping(self.x):
             return {k: v[i] for k, v in self.x.items()}, self.y[i]  # type: ignore[union-attr]
         return self.x[i], self.y[i]  # type: ignore[index]
+
+    def batch(self, index: list[int]) -> tuple[I.Inputs, Tensor]:
+        """A whole batch in one gather (instead of one call per item)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return I.take(self.x, idx), self.y[idx]
+
+
+class _Collated:
+    """A batch a dataset gathered whole; the collate function passes it through."""
+
+    def __init__(self, batch: tuple[I.Inputs, Tensor]):
+        self.batch = batch
 
 
 class _Keyed(Dataset):
@@ -56,16 +72,30 @@ class _Keyed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> list[Any]:
+        """A batch of keys: gathered whole when the dataset can, else item by item."""
+        if not self.seeded and hasattr(self.dataset, "batch"):
+            return [_Collated(self.dataset.batch([i for _, _, i in keys]))]  # type: ignore[attr-defined]
+        return [self[k] for k in keys]
+
     def __getitem__(self, key: tuple[int, int, int]) -> Any:
         seed, t, i = key
         if not self.seeded:
             return self.dataset[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(f"{seed}/{self.name}/{t}/{i}".encode()))
+        # torch's CPU generator, seeded for this item and restored after (torch.manual_seed
+        # would also seed every accelerator backend: about 100x dearer per item)
+        g = torch.default_generator
+        state = g.get_state()
+        g.manual_seed(zlib.crc32(f"{seed}/{self.name}/{t}/{i}".encode()))
+        try:
             return self.dataset[i]
+        finally:
+            g.set_state(state)
 
 
 def _collate(items: Sequence[Any]) -> tuple[I.Inputs, Tensor]:
+    if len(items) == 1 and isinstance(items[0], _Collated):
+        return items[0].batch
     xs, ys = zip(*items, strict=True)
     if I.is_mapping(xs[0]):
         x: I.Inputs = {k: torch.stack([torch.as_tensor(e[k]) for e in xs]) for k in xs[0]}
@@ -166,7 +196,7 @@ class StreamedSplit:
     def gather(self, index: Tensor) -> I.Inputs:
         """The inputs of rows ``index``, read now and moved to the device."""
         keyed = _Keyed(self.dataset, "gather")
-        x, _ = _collate([keyed[(0, -1, int(i))] for i in index.cpu().tolist()])
+        x, _ = _collate(keyed.__getitems__([(0, -1, int(i)) for i in index.cpu().tolist()]))
         return I.to(x, self.device, self.dtype)
 
     def head(self, n: int) -> I.Inputs:
@@ -211,12 +241,15 @@ class StreamedSplit:
         device, one batch ahead."""
         cfg = self.loader
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
+        # arrays already in host memory are gathered whole in this process: a worker would
+        # only add the cost of shipping each batch back (measured in bench/data_cost.py)
+        workers = 0 if getattr(self.dataset, "in_memory", False) else cfg.workers
         keys = ([(seed, start + k, int(i)) for i in idx.tolist()] for k, idx in enumerate(steps))
         loader = DataLoader(
             _Keyed(self.dataset, name),
             batch_sampler=keys,  # type: ignore[arg-type]
-            num_workers=cfg.workers,
-            prefetch_factor=cfg.prefetch if cfg.workers else None,
+            num_workers=workers,
+            prefetch_factor=cfg.prefetch if workers else None,
             pin_memory=pin,
             collate_fn=_collate,
         )
