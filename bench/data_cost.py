@@ -42,6 +42,7 @@ MODELS = {
     "mlp": {"kind": "mlp", "hidden": [400, 400]},
     "small_cnn": {"kind": "small_cnn", "channels": [32, 64], "hidden": 128},
 }
+BLOCK = {"mlp": 100, "small_cnn": 10}  # steps per timed block: about a second on 2 CPU cores
 
 
 def config(model: dict, device: str, stream: bool, workers: int) -> dict:
@@ -111,18 +112,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--block", type=int, default=50, help="steps per timed block")
-    ap.add_argument("--rounds", type=int, default=6, help="blocks of each variant")
+    ap.add_argument("--block", type=int, help="steps per timed block (default: per model)")
+    ap.add_argument("--rounds", type=int, default=10, help="blocks of each variant")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     pm = make_plugin_manager(entry_points_enabled=False)
     print(
         f"# data_cost: FIP penalty step, 128 task + 128 stored examples; resident, streamed "
-        f"host arrays, a Dataset through {args.workers} workers; {args.rounds} blocks of "
-        f"{args.block} steps each"
+        f"host arrays, a Dataset through {args.workers} workers; {args.rounds} blocks of each"
     )
     for name in args.models:
         model = copy.deepcopy(MODELS[name])
+        block = args.block or BLOCK[name]
         variants = {
             v: runner(model, args.device, v, args.workers, pm)
             for v in ("resident", "streamed", "dataset")
@@ -136,15 +137,15 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                steps(args.block)
+                steps(block)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                per_block[k].append((time.perf_counter() - t0) / args.block)
+                per_block[k].append((time.perf_counter() - t0) / block)
         for _, _, st in variants.values():
             st.close()
         med = {k: statistics.median(v) * 1e3 for k, v in per_block.items()}
         spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in per_block.items()}
-        print(f"## {name}")
+        print(f"## {name} ({block} steps per block)")
         for k in variants:
             lo, hi = spread[k]
             print(f"  {k:>9}: {med[k]:7.3f} ms/step (median; blocks {lo:.3f}-{hi:.3f})")
