@@ -165,6 +165,7 @@ class StreamedSplit:
             example = dataset[0]
             check_item(example, where)
         self._example = example
+        self._eval: tuple[int, DataLoader] | None = None
         self.y = self._labels() if y is None else y
         if len(self.y) != n:
             raise ConfigError(f"{where}: {len(self.y)} labels for {n} items")
@@ -204,10 +205,19 @@ class StreamedSplit:
         return self.gather(torch.arange(n))
 
     def inputs(self, batch_size: int) -> Iterator[I.Inputs]:
-        """Every input in order, in batches, through the loader (evaluation)."""
-        order = torch.arange(len(self))
-        steps = [order[i : i + batch_size] for i in range(0, len(self), batch_size)]
-        for x, _ in self._iterate(steps, seed=0, start=-len(steps), name="eval"):
+        """Every input in order, in batches, through the loader (evaluation).
+
+        The loader is kept with persistent workers: every chunk's evaluation reads the split
+        again, and starting workers for each would cost more than the reading.
+        """
+        if self._eval is None or self._eval[0] != batch_size:
+            n = len(self)
+            keys = [
+                [(0, -1, i) for i in range(s, min(s + batch_size, n))]
+                for s in range(0, n, batch_size)
+            ]
+            self._eval = (batch_size, self._loader(keys, "eval", persistent=True))
+        for x, _ in self._moved(self._eval[1]):
             yield x
 
     def batches(self, sampler: Any) -> BatchStream:
@@ -239,20 +249,27 @@ class StreamedSplit:
     ) -> Iterator[tuple[I.Inputs, Tensor]]:
         """Batches of the index tensors in ``steps`` (step numbers from ``start``), on the
         device, one batch ahead."""
+        keys = ([(seed, start + k, int(i)) for i in idx.tolist()] for k, idx in enumerate(steps))
+        return self._moved(self._loader(keys, name))
+
+    def _loader(self, keys: Any, name: str, persistent: bool = False) -> DataLoader:
         cfg = self.loader
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         # arrays already in host memory are gathered whole in this process: a worker would
         # only add the cost of shipping each batch back (measured in bench/data_cost.py)
         workers = 0 if getattr(self.dataset, "in_memory", False) else cfg.workers
-        keys = ([(seed, start + k, int(i)) for i in idx.tolist()] for k, idx in enumerate(steps))
-        loader = DataLoader(
+        return DataLoader(
             _Keyed(self.dataset, name),
-            batch_sampler=keys,  # type: ignore[arg-type]
+            batch_sampler=keys,
             num_workers=workers,
             prefetch_factor=cfg.prefetch if workers else None,
+            persistent_workers=persistent and workers > 0,
             pin_memory=pin,
             collate_fn=_collate,
         )
+
+    def _moved(self, loader: DataLoader) -> Iterator[tuple[I.Inputs, Tensor]]:
+        """The loader's batches on the device, each copy started one batch ahead."""
         ahead = None
         for x, y in loader:
             batch = (
