@@ -266,6 +266,10 @@ class StreamedSplit:
             persistent_workers=persistent and workers > 0,
             pin_memory=pin,
             collate_fn=_collate,
+            # the loader draws its workers' base seed from this, not from torch's global
+            # generator, which dropout and the user's model draw from: streaming leaves the
+            # run's random numbers as they are (items are seeded by _Keyed anyway)
+            generator=torch.Generator().manual_seed(0),
         )
 
     def _moved(self, loader: DataLoader) -> Iterator[tuple[I.Inputs, Tensor]]:

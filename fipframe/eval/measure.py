@@ -166,9 +166,15 @@ class Evaluator:
                 m.momentum = momentum
 
     def buffers(self) -> dict[str, Tensor]:
-        """The module's floating buffers (BatchNorm statistics), to save with an end point."""
-        return {
-            n: b.detach().clone()
-            for n, b in self.adapter.model.named_buffers()
-            if b.is_floating_point() or n.endswith("num_batches_tracked")
-        }
+        """Copies of the module's buffers (BatchNorm statistics): saved with stage starts,
+        checkpoints and end points, kept with the last good state for rollback."""
+        return {n: b.detach().clone() for n, b in self.adapter.model.named_buffers()}
+
+    def load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        """Put saved buffers back into the module (resume, rollback, replaying the memory)."""
+        if not buffers:
+            return
+        own = dict(self.adapter.model.named_buffers())
+        with torch.no_grad():
+            for n, b in buffers.items():
+                own[n].copy_(b)

@@ -35,6 +35,7 @@ class LastGood:
     step: int
     objectives: list[dict[str, Tensor]]  # each objective's state_dict
     masks: dict[str, Tensor]
+    buffers: dict[str, Tensor]  # the module's (BatchNorm statistics)
 
 
 class StageLoop:
@@ -82,8 +83,17 @@ class StageLoop:
         anchor = params
         if restart is not None:
             anchor_rel = restart.meta["anchor"]
+            anchor_buffers = restart.meta.get("anchor_buffers")
+            if anchor_buffers:  # the anchor outputs are computed with the stage start's buffers
+                ev.load_buffers(rec.load(anchor_buffers))
         else:
             anchor_rel = rec.save(branch, si, cfg, 0, anchor, tag="start")
+            start_buffers = ev.buffers()
+            anchor_buffers = (
+                rec.save(branch, si, cfg, 0, start_buffers, tag="start-buffers")
+                if start_buffers
+                else None
+            )
         st = build_stage(comp, branch, si, cfg, anchor, memory, ends, carry)
         observers = [o for o in st.objectives if o.observes_steps]
         refreshers = [o for o in st.objectives if o.refresh_every]
@@ -93,6 +103,7 @@ class StageLoop:
                 "integrator": integrator_state,
                 "objectives": [o.state_dict() for o in st.objectives],
                 "carry": carry,
+                "buffers": ev.buffers(),  # BatchNorm statistics move with the weights
             }
 
         def restore_objectives(states: list[dict[str, Tensor]]) -> None:
@@ -105,17 +116,35 @@ class StageLoop:
             restore_objectives(restart.state["objectives"])
             rollbacks = restart.meta.get("rollbacks", 0)
             lengths = restart.meta.get("lengths", [0.0, 0.0])
-            if ev.bn_stale:
+            if "buffers" in restart.state:  # the statistics the interrupted run had here
+                ev.load_buffers(restart.state["buffers"])
+                ev.bn_stale = False
+            elif ev.bn_stale:  # a checkpoint from before buffers were saved
                 ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
         else:
             state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
             lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
             # a checkpoint from the very start: an interruption before the first chunk resumes here
-            rec.commit(params, Commit(branch, si, 0, full_state(state), anchor=anchor_rel))
+            rec.commit(
+                params,
+                Commit(
+                    branch,
+                    si,
+                    0,
+                    full_state(state),
+                    anchor=anchor_rel,
+                    anchor_buffers=anchor_buffers,
+                ),
+            )
         self.position.move(branch, si, cfg.name, step)
         chunk = comp.config.run.chunk
         good = LastGood(
-            params, state, step, [o.state_dict() for o in st.objectives], pruner.snapshot()
+            params,
+            state,
+            step,
+            [o.state_dict() for o in st.objectives],
+            pruner.snapshot(),
+            ev.buffers(),
         )
         sums: dict[str, Tensor] = {}
         count = 0
@@ -159,6 +188,7 @@ class StageLoop:
                         params, state, step = good.params, good.state, good.step
                         restore_objectives(good.objectives)
                         pruner.restore(good.masks)
+                        ev.load_buffers(good.buffers)
                         scale *= 0.5
                         sums, count = {}, 0
                         self.progress.line(
@@ -183,6 +213,7 @@ class StageLoop:
                         step,
                         [o.state_dict() for o in st.objectives],
                         pruner.snapshot(),
+                        ev.buffers(),
                     )
                     self.position.step = step
                     bar.update(step - bar.n)
@@ -207,6 +238,7 @@ class StageLoop:
                             rollbacks,
                             anchor_rel,
                             lengths=lengths,
+                            anchor_buffers=anchor_buffers,
                         ),
                     )
                     self.notify(record)
@@ -221,7 +253,17 @@ class StageLoop:
                 params,
                 carry,
                 train_metrics,
-                Commit(branch, si, cfg.steps, {}, scale, rollbacks, anchor_rel, True),
+                Commit(
+                    branch,
+                    si,
+                    cfg.steps,
+                    {},
+                    scale,
+                    rollbacks,
+                    anchor_rel,
+                    True,
+                    anchor_buffers=anchor_buffers,
+                ),
             )
         finally:
             st.close()  # loader workers of streamed data stop here
@@ -268,7 +310,12 @@ class StageLoop:
             carry=carry_rel,
             buffers=buffers_rel,
         )
-        done.state = {"integrator": {}, "objectives": [{} for _ in st.objectives], "carry": carry}
+        done.state = {
+            "integrator": {},
+            "objectives": [{} for _ in st.objectives],
+            "carry": carry,
+            "buffers": buffers,
+        }
         rec.commit(params, done)
         self.notify(record)
         self.progress.line(f"{branch}/{cfg.name}: done. " + short(metrics))

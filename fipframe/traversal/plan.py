@@ -126,11 +126,18 @@ class Walk:
         ``params`` is the end point of the (single) stage just run; when replaying finished
         stages on resume, each end point is read back from the run directory.
         """
-        logits = self.comp.evaluator.logits
+        ev = self.comp.evaluator
+        logits = ev.logits
         for stage in stages:
             if stage.task is None or stage.task in memory.seen:
                 continue
-            end = params if params is not None else self.records.end_params(branch, stage.name)
+            if params is None:  # replaying: the end point and the buffers it was evaluated with
+                end = self.records.end_params(branch, stage.name)
+                buffers = self.records.stage_end(branch, stage.name).get("buffers")
+                if buffers:
+                    ev.load_buffers(self.records.load(buffers))
+            else:
+                end = params
             memory.add_task(
                 stage.task, self.comp.tasks.tasks[stage.task], lambda x, p=end: logits(p, x)
             )

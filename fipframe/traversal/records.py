@@ -66,6 +66,7 @@ class Commit:
     anchor: str | None = None  # the stage's saved first point
     done: bool = False
     lengths: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    anchor_buffers: str | None = None  # the module's buffers at the stage's first point
 
 
 class Records:
@@ -148,8 +149,10 @@ class Records:
         return record
 
     def keep_end(self, branch: str, stage: str, params: Params, buffers: dict[str, Tensor]) -> None:
-        """Hold a stage's end point for the result (runs without a directory have no files)."""
-        self.ends[(branch, stage)] = (params, buffers)
+        """Hold a stage's end point for the result, in a run without a directory (with one, the
+        result reads its points from disk and the device memory is not held)."""
+        if self.dir is None:
+            self.ends[(branch, stage)] = (params, buffers)
 
     def commit(self, params: Params, c: Commit) -> None:
         """Atomically replace the checkpoint; it covers every record emitted so far."""
@@ -165,6 +168,7 @@ class Records:
             "anchor": c.anchor,
             "done": c.done,
             "lengths": list(c.lengths),
+            "anchor_buffers": c.anchor_buffers,
         }
         self.dir.commit(params, c.state, meta)
 

@@ -20,6 +20,7 @@ from .test_traversal import Recorder, end_points
 
 def _with_methods(tiny):
     cfg = copy.deepcopy(tiny)
+    cfg["model"]["dropout"] = 0.2  # draws from torch's generator: streaming must not move it
     base = cfg["branches"]["finetune"][0]
     cfg["branches"]["lwf"] = [dict(base, objectives=["task_ce", "lwf", "replay_ce"])]
     cfg["branches"]["joint"] = [dict(base, objectives=["joint_ce", "ewc"])]
@@ -41,6 +42,7 @@ def test_streamed_data_reaches_the_points_resident_data_does(tiny, tmp_path):
 
 def test_streamed_run_resumes_exactly(tiny, tmp_path):
     cfg = copy.deepcopy(tiny)
+    cfg["model"]["dropout"] = 0.2
     cfg["run"].update(stream=True, loader={"workers": 1})
     whole = tmp_path / "whole"
     fipframe.run(cfg, out=whole)
