@@ -67,6 +67,8 @@ class Spec:
                 f"{getattr(self.factory, '__name__', self.factory)!r} of kind {self.kind!r}: "
                 f"`capabilities` must be a frozenset of strings, not {type(declared).__name__}"
             )
+        if getattr(self.factory, "needs_metric", False) is True:  # the attribute before 0.2
+            declared = declared | {"needs_metric"}
         object.__setattr__(self, "capabilities", frozenset(self.capabilities) | declared)
 
 

@@ -63,12 +63,6 @@ def to(x: Inputs, device: torch.device, dtype: torch.dtype | None = None) -> Inp
     return move(x)  # type: ignore[arg-type]
 
 
-def pin(x: Inputs) -> Inputs:
-    if is_mapping(x):
-        return {k: v.pin_memory() for k, v in x.items()}  # type: ignore[union-attr]
-    return x.pin_memory()  # type: ignore[union-attr]
-
-
 def to_device_async(x: Inputs, device: torch.device, dtype: torch.dtype | None) -> Inputs:
     """Like :func:`to`, without waiting for the copy (pinned host memory to a GPU)."""
 

@@ -113,6 +113,8 @@ class Memory:
             take = order[:n].to(task.train.y.device)
             xs.append(I.narrow(stored, 0, n))
             ys.append(task.train.y[take])
+            # a task's share only shrinks as tasks arrive: the rows past it are never used again
+            self._tasks[k] = (index, task, order[:n], I.narrow(stored, 0, n), logits)
             ts.append(torch.full_like(ys[-1], index))
             ls.append(None if logits is None else logits[:n])
         self.inputs, self.targets, self.task_ids = I.cat(xs), torch.cat(ys), torch.cat(ts)

@@ -16,6 +16,7 @@ whichever worker reads it. A Dataset whose items draw nothing says so with a cla
 
 from __future__ import annotations
 
+import numbers
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -112,7 +113,7 @@ def check_item(item: Any, where: str) -> None:
         x_ok = isinstance(x, Tensor) or (
             I.is_mapping(x) and x and all(isinstance(v, Tensor) for v in x.values())
         )
-        y_ok = isinstance(y, int) or (
+        y_ok = (isinstance(y, numbers.Integral) and not isinstance(y, bool)) or (
             isinstance(y, Tensor) and y.dim() == 0 and not y.is_floating_point()
         )
         ok = bool(x_ok and y_ok)
@@ -192,6 +193,10 @@ class StreamedSplit:
         return self._like(self.dataset, self.y.to(device), device=device, dtype=dtype)
 
     def subset(self, index: Tensor) -> StreamedSplit:
+        if isinstance(self.dataset, TensorsDataset):  # stays one gather per batch
+            rows = index.cpu()
+            sub = TensorsDataset(I.take(self.dataset.x, rows), self.dataset.y[rows])
+            return self._like(sub, self.y[index])
         return self._like(Subset(self.dataset, index.cpu().tolist()), self.y[index])
 
     def gather(self, index: Tensor) -> I.Inputs:
@@ -226,10 +231,12 @@ class StreamedSplit:
 
     @staticmethod
     def concat(splits: Sequence[StreamedSplit]) -> StreamedSplit:
-        first = splits[0]
-        return first._like(
-            ConcatDataset([s.dataset for s in splits]), torch.cat([s.y for s in splits])
-        )
+        first, y = splits[0], torch.cat([s.y for s in splits])
+        if all(isinstance(s.dataset, TensorsDataset) for s in splits):  # one gather per batch
+            x = I.cat([s.dataset.x for s in splits])  # type: ignore[attr-defined]
+            ys = torch.cat([s.dataset.y for s in splits])  # type: ignore[attr-defined]
+            return first._like(TensorsDataset(x, ys), y)
+        return first._like(ConcatDataset([s.dataset for s in splits]), y)
 
     # -- loading -------------------------------------------------------------------------------
     def _like(self, dataset: Dataset, y: Tensor, **kw: Any) -> StreamedSplit:
@@ -287,11 +294,25 @@ class StreamedSplit:
             yield ahead
 
     def _labels(self) -> Tensor:
+        """Every item's label: the dataset's ``targets`` if it has them and they agree with
+        what its first items return (a ``target_transform`` would make them differ), else one
+        pass through the loader's workers."""
+        n = len(self.dataset)  # type: ignore[arg-type]
         targets = getattr(self.dataset, "targets", None)
-        if targets is not None and len(targets) == len(self.dataset):  # type: ignore[arg-type]
-            return torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        ys = [int(self.dataset[i][1]) for i in range(len(self.dataset))]  # type: ignore[arg-type]
-        return torch.tensor(ys, dtype=torch.long)
+        if targets is not None and len(targets) == n:
+            y = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+            probe = range(min(8, n))
+            got = [int(self.dataset[i][1]) for i in probe]
+            if got != y[: len(got)].tolist():
+                raise ConfigError(
+                    f"{self.where}: the Dataset's targets {y[: len(got)].tolist()} disagree with "
+                    f"the labels its first items return {got} (a target_transform?); give "
+                    "labels through the items only, or targets that match them"
+                )
+            return y
+        order = torch.arange(n)
+        keys = [[(0, -1, int(i)) for i in order[s : s + 256].tolist()] for s in range(0, n, 256)]
+        return torch.cat([y for _, y in self._loader(keys, "labels")]).long()
 
 
 class _Steps:
@@ -338,11 +359,9 @@ class BatchStream:
             )
         x, y = next(self._it)
         if self.split.transform is not None:
-            if self._gen is None:
-                self._gen = torch.Generator(device=self.split.device)
-            key = f"{self._host.seed}/{self._host.name}/{step}"
-            self._gen.manual_seed(zlib.crc32(key.encode()))
-            x = self.split.transform(x, self._gen)
+            from fipframe.data.task import step_generator
+
+            x = self.split.transform(x, step_generator(self, self._host, step, y))
         out = (x, y, self.sampler.indices(step))
         self._last = (step, out)
         return out

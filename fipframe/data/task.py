@@ -27,12 +27,14 @@ class Split:
     y: Tensor
     #: a resident split; streamed splits say True and read examples through a DataLoader
     streamed: bool = False
+    #: ``transform(inputs, generator) -> inputs`` on each training batch (None: none)
+    transform: Any = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Split:
-        return Split(I.to(self.x, device, dtype), self.y.to(device))
+        return Split(I.to(self.x, device, dtype), self.y.to(device), transform=self.transform)
 
     def subset(self, index: Tensor) -> Split:
         return Split(I.take(self.x, index), self.y[index])
@@ -69,13 +71,28 @@ class Batches:
     def __init__(self, split: Split, sampler: Any):
         self.split = split
         self.sampler = sampler
+        self._gen: torch.Generator | None = None
 
     def get(self, step: int) -> tuple[I.Inputs, Tensor, Tensor]:
         idx = self.sampler.indices(step)
-        return I.take(self.split.x, idx), self.split.y[idx], idx
+        x = I.take(self.split.x, idx)
+        if self.split.transform is not None:
+            x = self.split.transform(x, step_generator(self, self.sampler, step, self.split.y))
+        return x, self.split.y[idx], idx
 
     def close(self) -> None:
         pass
+
+
+def step_generator(owner: Any, sampler: Any, step: int, like: Tensor) -> torch.Generator:
+    """A generator on ``like``'s device seeded by (sampler, step): per-batch transforms draw
+    the same numbers on resume and after a rollback."""
+    import zlib
+
+    if getattr(owner, "_gen", None) is None:
+        owner._gen = torch.Generator(device=like.device)
+    owner._gen.manual_seed(zlib.crc32(f"{sampler.seed}/{sampler.name}/{step}".encode()))
+    return owner._gen
 
 
 def concat(splits: Sequence[Any]) -> Any:

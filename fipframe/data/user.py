@@ -49,10 +49,12 @@ def task_sequence(
         num_classes: width of the shared head (default: the largest label + 1).
         scenario: ``"class"`` (one head, argmax over every class) or ``"task"`` (only the
             task's classes compete).
-        loader: a ``LoaderConfig`` for Datasets (default: 2 workers).
+        loader: a ``LoaderConfig`` for Datasets (default: 2 workers). ``run.loader`` applies
+            when ``data=`` is a list; a TaskSequence built here keeps this one.
         transform: ``transform(inputs, generator) -> inputs``, applied on the device to every
-            training batch of a Dataset (augmentation on the GPU); ``generator`` is seeded by
-            the step, so a resumed run draws what an uninterrupted one does.
+            training batch, of tensors or Datasets alike (augmentation on the GPU);
+            ``generator`` is seeded by the step, so a resumed run draws what an uninterrupted
+            one does.
     """
     if isinstance(data, TaskSequence):
         check(data)
@@ -71,8 +73,6 @@ def task_sequence(
     splits = [_task_splits(entry, i, loader) for i, entry in enumerate(data)]
     if transform is not None:
         for parts in splits:
-            if not parts[0].streamed:
-                raise ConfigError("data: transform= applies to Datasets; these are tensors")
             parts[0].transform = transform
     labels = torch.cat([s.y for parts in splits for s in parts])
     top = int(labels.max()) + 1 if len(labels) else 0
@@ -118,14 +118,20 @@ def check(seq: TaskSequence) -> None:
                     f"data: task {i} ({task.name}) {part} has labels {extra[:10]} that are not "
                     f"among its classes {sorted(allowed)[:10]}"
                 )
-        shape = task.train.input_shape
-        if first is None:
-            first = shape
-        elif _format(shape) != _format(first):
-            problems.append(
-                f"data: task {i}'s inputs are {_show(shape)}, task 0's {_show(first)}; every task "
-                "must give the same keys and per-example shapes (they go through one forward)"
-            )
+        for part in ("train", "val", "test"):
+            split = getattr(task, part)
+            if part != "train" and len(split) == 0:
+                continue
+            shape = split.input_shape
+            if first is None:
+                first = shape
+            elif _format(shape) != _format(first):
+                where = f"task {i}'s {part}" if part != "train" else f"task {i}'s"
+                problems.append(
+                    f"data: {where} inputs are {_show(shape)}, task 0's {_show(first)}; every "
+                    "task and split must give the same keys and per-example shapes (they go "
+                    "through one forward)"
+                )
     if problems:
         raise ConfigError(problems)
 

@@ -182,7 +182,7 @@ def load_npz(
             raise ConfigError(f"data.path: {path}: x_{part} and y_{part} differ in length")
     xs = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("x_")}
     if normalize == "none":
-        xs = {k: v.float() if v.is_floating_point() else v.long() for k, v in xs.items()}
+        xs = {k: v.float() if v.is_floating_point() else v for k, v in xs.items()}
     else:
         xs = {k: v.float() / 255.0 for k, v in xs.items()}
     if normalize == "standardize":

@@ -50,15 +50,16 @@ class Evaluator:
         bs = self.settings.eval_batch_size
         was = self.adapter.model.training
         self.adapter.train(False)
-        with torch.no_grad():
-            out = torch.cat(
-                [
-                    self.adapter.forward(params, I.narrow(x, i, i + bs))
-                    for i in range(0, I.length(x), bs)
-                ]
-            )
-        self.adapter.train(was)
-        return out
+        try:
+            with torch.no_grad():
+                return torch.cat(
+                    [
+                        self.adapter.forward(params, I.narrow(x, i, i + bs))
+                        for i in range(0, I.length(x), bs)
+                    ]
+                )
+        finally:
+            self.adapter.train(was)
 
     def split_logits(self, params: Params, split: Any) -> Tensor:
         """Eval-mode outputs on every example of a split, resident or streamed."""
@@ -66,15 +67,16 @@ class Evaluator:
             return self.logits(params, split.x)
         was = self.adapter.model.training
         self.adapter.train(False)
-        with torch.no_grad():
-            out = torch.cat(
-                [
-                    self.adapter.forward(params, x)
-                    for x in split.inputs(self.settings.eval_batch_size)
-                ]
-            )
-        self.adapter.train(was)
-        return out
+        try:
+            with torch.no_grad():
+                return torch.cat(
+                    [
+                        self.adapter.forward(params, x)
+                        for x in split.inputs(self.settings.eval_batch_size)
+                    ]
+                )
+        finally:
+            self.adapter.train(was)
 
     def evaluate(self, params: Params) -> dict[str, float]:
         """Accuracy of ``params`` on every task's val and test split, and their averages."""

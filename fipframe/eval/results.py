@@ -217,8 +217,12 @@ class RunResult:
             for n, v in params.items():
                 own[n].copy_(v)
             for n, v in buffers.items():
-                if n in own_buffers and own_buffers[n].shape == v.shape:
-                    own_buffers[n].copy_(v)
+                if n not in own_buffers or own_buffers[n].shape != v.shape:
+                    raise ConfigError(
+                        f"load_into: {type(module).__name__} has no buffer {n} of shape "
+                        f"{list(v.shape)}; pass a new instance of the run's model class"
+                    )
+                own_buffers[n].copy_(v)
         return module.eval()
 
     # -- files -----------------------------------------------------------------------------

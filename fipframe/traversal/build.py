@@ -105,6 +105,14 @@ def build_components(
         from fipframe.data.user import task_sequence
 
         tasks = task_sequence(data, loader=rs.loader)
+    n = len(tasks.tasks)
+    if beyond := [
+        f"{where}[{i}].task: {s.task} is out of range; the data has {n} tasks (0..{n - 1})"
+        for where, stages in config.all_stages()
+        for i, s in enumerate(stages)
+        if s.task is not None and s.task >= n
+    ]:
+        raise ConfigError(beyond)
     if rs.stream:
         from fipframe.data.stream import stream_tasks
 
@@ -175,6 +183,12 @@ def check_output(adapter: Any, tasks: TaskSequence) -> None:
                 + ", ".join(x)
                 + "))"
                 if I.is_mapping(x)
+                else ""
+            )
+            + (
+                "; the inputs are integers: images stored as 8-bit need converting to float "
+                "(data.normalize: scale or standardize for npz files)"
+                if isinstance(x, Tensor) and not x.is_floating_point()
                 else ""
             )
         ) from exc

@@ -1,7 +1,8 @@
 """Export the sparse network at the end of a branch of a run.
 
 ``export(run_dir, out, branch=...)`` loads the branch's last stage-end point and the masks the
-path carries, applies them, recomputes BatchNorm statistics on training batches, and writes:
+path carries, applies them, restores the BatchNorm statistics saved with that point (or, for
+older runs, recomputes them on training batches), and writes:
 
 - ``model.safetensors``: the module's full state dict (weights with zeros in place, buffers);
 - ``masks.safetensors``: the boolean masks;
@@ -93,7 +94,10 @@ def export(
     adapter.load(params)
     path = config.stages if record["branch"] == "trunk" else config.branches[record["branch"]]
     stage_cfg = next(s for s in path if s.name == record["stage"])
-    evaluator.recompute_batchnorm(params, stage_cfg.task, stage_cfg.batch_size)
+    if record.get("buffers"):  # the statistics the run evaluated this point with
+        evaluator.load_buffers(load_point(run_dir / record["buffers"], device))
+    else:  # a run from before buffers were saved
+        evaluator.recompute_batchnorm(params, stage_cfg.task, stage_cfg.batch_size)
     accuracy = evaluator.evaluate(params).get("acc/test/average")
 
     model = adapter.model.eval()

@@ -84,7 +84,8 @@ def require(root: Path, origin: dict[str, Any] | None, model: Any, data: Any, ve
     if origin is None:
         return
     m, d = origin["model"], origin["data"]
-    call = f"fipframe.{verb}({str(root)!r}, model=..., data=...)"
+    fn = "fipframe.traversal.export.export" if verb == "export" else f"fipframe.{verb}"
+    call = f"{fn}({str(root)!r}, ..., model=..., data=...)"
     if m["source"] == "python" and model is None:
         raise ConfigError(
             f"{root}: this run's model was passed from Python ({m['class']}, "

@@ -17,10 +17,8 @@ from torch import Tensor
 
 from fipframe.core.params import Params
 from fipframe.errors import TraversalError
+from fipframe.eval.results import TRUNK  # the shared stages' name in records and points
 from fipframe.traversal.artifact import RunDir, load_point
-
-#: the name of the shared stages' path in records, points and positions
-TRUNK = "trunk"
 
 
 @dataclass

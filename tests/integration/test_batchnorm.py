@@ -87,3 +87,13 @@ def test_rollback_restores_batchnorm_statistics(tiny, tmp_path):
     assert all(torch.isfinite(b.float()).all() for b in buffers.values())
     metrics = result.records[-1]["metrics"]
     assert math.isfinite(metrics["acc/test/task_0"]) and metrics["acc/test/task_0"] > 0.9
+
+
+def test_export_and_load_into_give_the_network_the_run_measured(tiny, tmp_path):
+    from fipframe.traversal.export import export
+
+    cfg = bn_config(tiny)
+    result = fipframe.run(cfg, out=tmp_path / "run")
+    end = [r for r in result.records if r["branch"] == "der" and r["kind"] == "stage_end"][-1]
+    report = export(tmp_path / "run", tmp_path / "e", branch="der")
+    assert report["test_accuracy"] == pytest.approx(end["metrics"]["acc/test/average"], abs=1e-6)

@@ -223,11 +223,16 @@ def test_named_inputs_with_an_attention_mask(tmp_path):
     assert "natural" in with_mask.final
 
 
-def test_keys_of_named_inputs_must_agree_between_tasks():
+def test_keys_of_named_inputs_must_agree_between_tasks_and_splits():
     tasks = token_tasks(2, train=32, test=16)
-    tasks[1] = ({"input_ids": tasks[1][0]["input_ids"]}, *tasks[1][1:])
+    wrong = copy.deepcopy(tasks)
+    wrong[1] = ({"input_ids": tasks[1][0]["input_ids"]}, *tasks[1][1:])
     with pytest.raises(ConfigError, match=r"task 1's inputs are \{input_ids: \[12\]\}, task 0's"):
-        fipframe.build(CONFIG, model=TinyTextClassifier(32, 4), data=tasks)
+        fipframe.build(CONFIG, model=TinyTextClassifier(32, 4), data=wrong)
+    wrong = copy.deepcopy(tasks)
+    wrong[0] = (*tasks[0][:2], {"input_ids": tasks[0][2]["input_ids"]}, tasks[0][3])
+    with pytest.raises(ConfigError, match=r"task 0's test inputs are \{input_ids: \[12\]\}"):
+        fipframe.build(CONFIG, model=TinyTextClassifier(32, 4), data=wrong)
 
 
 def test_bad_models_and_data_are_refused_before_anything_is_written(digits, tmp_path):
@@ -253,6 +258,10 @@ def test_bad_models_and_data_are_refused_before_anything_is_written(digits, tmp_
         with pytest.raises(ConfigError, match=message):
             fipframe.run(CONFIG, out=out, **kwargs)
         assert not out.exists()
+    beyond = copy.deepcopy(CONFIG)
+    beyond["branches"]["fip"][0]["task"] = 2
+    with pytest.raises(ConfigError, match=r"branches.fip\[0\].task: 2 is out of range; the data"):
+        fipframe.run(beyond, model=fresh(), data=digits, out=out)
     with pytest.raises(ConfigError, match=r"model: no model kind in the config and no model="):
         fipframe.run(CONFIG, data=digits, out=out)
     with pytest.raises(ConfigError, match=r"data: no data kind in the config and no data="):

@@ -137,3 +137,48 @@ def test_a_dataset_of_the_wrong_types_is_refused(noisy_tasks):
 
     with pytest.raises(ConfigError, match=r"data\[1\].train: a Dataset's item must be \(input"):
         task_sequence([noisy_tasks[0], (Images(), Images())])
+
+
+def test_labels_come_from_the_items_and_numpy_labels_are_integers(noisy_tasks):
+    import numpy as np
+
+    class Relabelled(Noisy):
+        """targets that a target_transform would contradict."""
+
+        def __init__(self, x, y):
+            super().__init__(x, y)
+            self.targets = (y + 1).tolist()
+
+    class NumpyLabels(Noisy):
+        def __getitem__(self, i):
+            x, y = super().__getitem__(i)
+            return x, np.int64(y)
+
+    train = noisy_tasks[0][0]
+    with pytest.raises(ConfigError, match=r"train: the Dataset's targets .* disagree with the"):
+        task_sequence([(Relabelled(train.x, train.y), noisy_tasks[0][1])])
+    seq = task_sequence([(NumpyLabels(train.x, train.y), noisy_tasks[0][1])])
+    assert seq.tasks[0].classes == (0, 1) and torch.equal(seq.tasks[0].train.y, train.y.long())
+
+
+def test_a_transform_of_tensors_runs_per_step_on_the_device(tiny):
+    train, _, test = load_mnist()
+    keep = train.y < 2
+    tasks = [(train.x[keep][:300], train.y[keep][:300], test.x[:50], test.y[:50] % 2)]
+    calls = []
+
+    def noise(x, g):
+        calls.append(1)
+        return x + 0.1 * torch.randn(x.shape, generator=g, device=x.device)
+
+    cfg = copy.deepcopy(tiny)
+    del cfg["model"], cfg["data"], cfg["branches"]
+
+    def go():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2))
+        return fipframe.run(cfg, model=model, data=task_sequence(tasks, transform=noise))
+
+    a, b = go(), go()
+    assert len(calls) == 2 * cfg["stages"][0]["steps"]
+    assert a.final == b.final

@@ -143,7 +143,7 @@ def test_npz_sequence_and_its_errors(pm, tmp_path):
     assert seq.num_classes == 4 and seq.input_shape == (1, 6, 6) and seq.scenario == "task"
     assert len(seq.tasks[0].train) + len(seq.tasks[0].val) == 50 and len(seq.tasks[1].test) == 20
     raw = torch.cat([t.train.x for t in seq.tasks])
-    assert raw.dtype == torch.int64 and int(raw.max()) == 255  # as stored: no silent rescaling
+    assert raw.dtype == torch.uint8 and int(raw.max()) == 255  # as stored: no silent rescaling
     for normalize, low, high in (("scale", 0.0, 1.0), ("standardize", -2.0, 2.0)):
         seq = _build(
             pm, {"kind": "npz", "path": str(path), "tasks": [[0, 1]], "normalize": normalize}
