@@ -138,14 +138,12 @@ class StageLoop:
             )
         self.position.move(branch, si, cfg.name, step)
         chunk = comp.config.run.chunk
-        good = LastGood(
-            params,
-            state,
-            step,
-            [o.state_dict() for o in st.objectives],
-            pruner.snapshot(),
-            ev.buffers(),
-        )
+
+        def last_good(params: Params, state: Any, step: int) -> LastGood:
+            objectives = [o.state_dict() for o in st.objectives]
+            return LastGood(params, state, step, objectives, pruner.snapshot(), ev.buffers())
+
+        good = last_good(params, state, step)
         sums: dict[str, Tensor] = {}
         count = 0
         if restart is not None and restart.meta.get("done"):
@@ -207,14 +205,7 @@ class StageLoop:
                         pruner.measures(params, st.objectives, step / cfg.steps, ev.evaluate)
                     )
                     sums, count = {}, 0
-                    good = LastGood(
-                        params,
-                        state,
-                        step,
-                        [o.state_dict() for o in st.objectives],
-                        pruner.snapshot(),
-                        ev.buffers(),
-                    )
+                    good = last_good(params, state, step)
                     self.position.step = step
                     bar.update(step - bar.n)
                     if step == cfg.steps:
