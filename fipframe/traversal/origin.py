@@ -85,7 +85,8 @@ def require(root: Path, origin: dict[str, Any] | None, model: Any, data: Any, ve
         return
     m, d = origin["model"], origin["data"]
     fn = "fipframe.traversal.export.export" if verb == "export" else f"fipframe.{verb}"
-    call = f"{fn}({str(root)!r}, ..., model=..., data=...)"
+    out = ", out" if verb == "export" else ""
+    call = f"{fn}({str(root)!r}{out}, model=..., data=...)"
     if m["source"] == "python" and model is None:
         raise ConfigError(
             f"{root}: this run's model was passed from Python ({m['class']}, "
