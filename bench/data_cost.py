@@ -30,6 +30,7 @@ import statistics
 import time
 
 import torch
+from step_cost import CONFIG as STEP_COST_CONFIG
 from torch.utils.data import Dataset
 
 from fipframe.api import load_config
@@ -46,28 +47,17 @@ BLOCK = {"mlp": 100, "small_cnn": 10}  # steps per timed block: about a second o
 
 
 def config(model: dict, device: str, stream: bool, workers: int) -> dict:
-    stage = {
-        "name": "s",
-        "task": 1,
-        "steps": 10**6,
-        "integrator": {"kind": "penalty", "alpha": 10.0},
-        "metric": "bhattacharyya",
-        "objectives": ["task_ce"],
+    """step_cost's config (the same FIP step), with this model and the data read as asked."""
+    cfg = copy.deepcopy(STEP_COST_CONFIG)
+    cfg["model"] = model
+    cfg["run"] = {
+        "progress": "off",
+        "device": device,
+        "stream": stream,
+        "loader": {"workers": workers},
     }
-    return {
-        "name": "data-cost",
-        "model": model,
-        "data": {"kind": "split_mnist", "tasks": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]},
-        "memory": {"size": 500},
-        "run": {
-            "progress": "off",
-            "device": device,
-            "stream": stream,
-            "loader": {"workers": workers},
-        },
-        "stages": [dict(stage, name="first", task=0, steps=1, integrator="gradient", metric=None)],
-        "branches": {"fip": [stage]},
-    }
+    cfg["branches"] = {"fip": cfg["branches"]["fip"]}
+    return cfg
 
 
 class Items(Dataset):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ class Split:
     x: I.Inputs
     y: Tensor
     #: a resident split; streamed splits say True and read examples through a DataLoader
-    streamed: bool = False
+    streamed: ClassVar[bool] = False
     #: ``transform(inputs, generator) -> inputs`` on each training batch (None: none)
     transform: Any = None
 

@@ -98,12 +98,12 @@ class StageLoop:
         observers = [o for o in st.objectives if o.observes_steps]
         refreshers = [o for o in st.objectives if o.refresh_every]
 
-        def full_state(integrator_state: Any) -> dict[str, Any]:
+        def full_state(integrator_state: Any, buffers: dict[str, Tensor]) -> dict[str, Any]:
             return {
                 "integrator": integrator_state,
                 "objectives": [o.state_dict() for o in st.objectives],
                 "carry": carry,
-                "buffers": ev.buffers(),  # BatchNorm statistics move with the weights
+                "buffers": buffers,  # BatchNorm statistics move with the weights
             }
 
         def restore_objectives(states: list[dict[str, Tensor]]) -> None:
@@ -131,7 +131,7 @@ class StageLoop:
                     branch,
                     si,
                     0,
-                    full_state(state),
+                    full_state(state, ev.buffers()),
                     anchor=anchor_rel,
                     anchor_buffers=anchor_buffers,
                 ),
@@ -224,7 +224,7 @@ class StageLoop:
                             branch,
                             si,
                             step,
-                            full_state(state),
+                            full_state(state, good.buffers),
                             scale,
                             rollbacks,
                             anchor_rel,
