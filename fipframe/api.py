@@ -13,6 +13,7 @@ from typing import Any
 
 from fipframe import plugins
 from fipframe.config import RunBase, apply_overrides, read_file, validate
+from fipframe.configfile import Limits, check_tree
 from fipframe.errors import ConfigError
 from fipframe.eval.results import RunResult
 from fipframe.traversal.engine import Traversal
@@ -65,6 +66,7 @@ def load_config(
     else:
         data = dict(source)  # type: ignore[arg-type]
     data = apply_overrides(data, overrides)
+    check_tree(data, Limits.from_env(), label or "config")
     return validate(data, registry, pm, source=label)
 
 

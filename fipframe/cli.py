@@ -31,8 +31,6 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from fipframe.api import resume, run
 
-    for failure in args.pm.failures:
-        print(f"warning: {failure}", file=sys.stderr)
     if args.resume:
         if args.config or args.preset:
             raise ConfigError("--resume takes the run directory only; its config.yaml is used")
@@ -78,6 +76,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from fipframe.plugins import SWITCHES
     from fipframe.registry import FAMILIES
 
     registry = args.pm.registry
@@ -90,6 +89,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("not loaded:")
         for failure in args.pm.failures:
             print(f"  {failure}")
+    if args.pm.warnings:
+        print("warnings:")
+        for warning in args.pm.warnings:
+            print(f"  {warning}")
+    if args.pm.failures or args.pm.warnings:
+        print(f"({SWITCHES})")
     return 0
 
 
@@ -186,16 +191,29 @@ def parser(pm: Any) -> argparse.ArgumentParser:
         "--structured", action="store_true", help="also remove fully pruned units (smaller model)"
     )
     p.set_defaults(func=cmd_export)
-    pm.hook.fipframe_add_commands(subparsers=sub)
+    for impl in pm.hook.fipframe_add_commands.get_hookimpls():  # one broken plugin: a warning
+        try:
+            impl.function(subparsers=sub)
+        except Exception as exc:
+            from fipframe.plugins import _describe
+
+            pm.warnings.append(
+                f"plugin {impl.plugin_name!r}: fipframe_add_commands failed ({_describe(exc)}); "
+                "its commands are missing"
+            )
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fipframe.plugins import make_plugin_manager
+    from fipframe.plugins import SWITCHES, make_plugin_manager
 
     pm = make_plugin_manager()
     args = parser(pm).parse_args(argv)
     args.pm = pm  # every command, plugin commands too, can reach the plugin manager
+    if args.command != "plugins" and (pm.failures or pm.warnings):
+        for problem in [*map(str, pm.failures), *pm.warnings]:
+            print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: ({SWITCHES})", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

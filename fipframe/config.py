@@ -9,16 +9,12 @@ accepts a bare kind name (``metric: kl``) for a config with no required fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from functools import reduce
-from pathlib import Path
+import reprlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_origin
 
-import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -26,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from fipframe.configfile import apply_overrides, read_file  # noqa: F401  (re-exported)
+from fipframe.core.configs import ConfigModel
 from fipframe.core.sparsity import SparsityConfig
 from fipframe.errors import ConfigError
 from fipframe.registry import Registry, did_you_mean
@@ -42,15 +40,22 @@ SLOTS = {  # field name -> family
 }
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+MAX_SEED = 2**32 - 1  # what every seeded library here accepts (numpy's legacy limit)
+MAX_STEPS = 10**9
+MAX_BATCH = 10**7
+
+
+class _Frozen(ConfigModel):
+    pass
 
 
 class LoaderConfig(_Frozen):
     """How streamed data is read (``run.stream: true`` or Datasets passed from Python)."""
 
-    workers: int = Field(2, ge=0, description="DataLoader worker processes (0: in the main one)")
-    prefetch: int = Field(2, ge=1, description="batches each worker loads ahead")
+    workers: int = Field(
+        2, ge=0, le=256, description="DataLoader worker processes (0: in the main one)"
+    )
+    prefetch: int = Field(2, ge=1, le=1024, description="batches each worker loads ahead")
     pin_memory: bool | None = Field(
         None, description="page-locked host batches for fast copies (None: when on a GPU)"
     )
@@ -59,29 +64,41 @@ class LoaderConfig(_Frozen):
 class RunSettings(_Frozen):
     """How the traversal runs (not what it computes)."""
 
-    seed: int = Field(0, ge=0, description="seed of weights, sampling and memory selection")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of weights, sampling and memory selection"
+    )
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
         description="auto picks cuda when available",
     )
     dtype: Literal["float32", "float64"] = "float32"
-    chunk: int = Field(50, ge=1, description="steps between evaluations, events and checkpoints")
-    save_every: int = Field(0, ge=0, description="steps between saved points (0: stage ends only)")
-    eval_batch_size: int = Field(4096, ge=1, description="batch size of evaluation passes")
+    chunk: int = Field(
+        50, ge=1, le=MAX_STEPS, description="steps between evaluations, events and checkpoints"
+    )
+    save_every: int = Field(
+        0, ge=0, le=MAX_STEPS, description="steps between saved points (0: stage ends only)"
+    )
+    eval_batch_size: int = Field(
+        4096, ge=1, le=MAX_BATCH, description="batch size of evaluation passes"
+    )
     measure_inputs: int = Field(
         512,
         ge=0,
+        le=MAX_BATCH,
         description="stored inputs on which each chunk's path measures (drift, geodesic "
         "length) are computed; 0: none",
     )
     progress: Literal["auto", "bar", "lines", "off"] = Field(
         "auto", description="auto: a bar on a terminal, periodic lines otherwise"
     )
-    max_rollbacks: int = Field(4, ge=0, description="halvings of the step after non-finite values")
+    max_rollbacks: int = Field(
+        4, ge=0, le=64, description="halvings of the step after non-finite values or divergence"
+    )
     bn_batches: int = Field(
         16,
         ge=0,
+        le=MAX_STEPS,
         description="training batches that recompute BatchNorm statistics when the weights jump "
         "(hard pruning, rewinding, a branch start, resume); 0: never",
     )
@@ -91,6 +108,29 @@ class RunSettings(_Frozen):
         "on the device (for data that does not fit; same batches, same results)",
     )
     loader: LoaderConfig = Field(LoaderConfig(), description="DataLoader settings when streaming")
+
+    @field_validator("device")
+    @classmethod
+    def _available(cls, value: str) -> str:
+        """A device that this machine has (checked now, not at the first tensor)."""
+        import torch
+
+        if value.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"{value!r} is not available on this machine (torch.cuda.is_available() is "
+                    "False); use auto or cpu"
+                )
+            index = int(value.split(":")[1]) if ":" in value else 0
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+        if value == "mps" and not (
+            getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        ):
+            raise ValueError("'mps' is not available on this machine; use auto or cpu")
+        return value
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -102,7 +142,9 @@ class RunSettings(_Frozen):
 class MemoryConfig(_Frozen):
     """Stored training inputs of earlier tasks, one budget for every method."""
 
-    size: int = Field(0, ge=0, description="total stored examples across earlier tasks")
+    size: int = Field(
+        0, ge=0, le=MAX_BATCH, description="total stored examples across earlier tasks"
+    )
     selection: Literal["class_balanced", "random", "reservoir"] = Field(
         "class_balanced",
         description="class_balanced: equal share per task, round-robin over its classes; "
@@ -114,10 +156,16 @@ class StageBase(_Frozen):
     """One stage of a path: a step rule, objectives and a metric for some number of steps."""
 
     name: str = Field(pattern=NAME, description="unique within its branch")
-    task: int | None = Field(None, ge=0, description="index of the task learned in this stage")
-    steps: int = Field(ge=0, description="number of steps (0 only for a stage that prunes)")
-    batch_size: int = Field(128, ge=1, description="task examples per step")
-    memory_batch: int = Field(128, ge=1, description="stored examples per step (replay, metric)")
+    task: int | None = Field(
+        None, ge=0, le=10**6, description="index of the task learned in this stage"
+    )
+    steps: int = Field(
+        ge=0, le=MAX_STEPS, description="number of steps (0 only for a stage that prunes)"
+    )
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="task examples per step")
+    memory_batch: int = Field(
+        128, ge=1, le=MAX_BATCH, description="stored examples per step (replay, metric)"
+    )
     anchor: Literal["stage_start", "stored"] = Field(
         "stage_start",
         description="outputs the metric preserves: the stage's first point's (FIP), or those "
@@ -231,45 +279,6 @@ def config_model(registry: Registry, pm: Any = None) -> type[RunBase]:
 
 
 # -- loading ----------------------------------------------------------------------------------
-def read_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a mapping, with file-named errors."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read ({exc})") from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b.0.c=value`` overrides (values parsed as YAML) to a config mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected path=value")
-        key, raw = item.split("=", 1)
-        parts: list[Any] = [int(k) if k.isdigit() else k for k in key.split(".")]
-        try:
-            value = yaml.safe_load(raw)
-            parent = reduce(lambda node, k: node[k], parts[:-1], data)
-            parent[parts[-1]] = value
-        except (KeyError, IndexError, TypeError, yaml.YAMLError):
-            raise ConfigError(f"--set {key}: no such place in the config") from None
-    return data
-
-
 def validate(
     data: Mapping[str, Any], registry: Registry, pm: Any = None, source: str | None = None
 ) -> RunBase:
@@ -278,7 +287,11 @@ def validate(
     try:
         config = model.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError([_format(e, registry) for e in exc.errors()], source) from None
+        errors = exc.errors()
+        problems = [_format(e, registry) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
+        raise ConfigError(problems, source) from None
     if pm is not None:
         problems = [
             p
@@ -309,11 +322,19 @@ def _format(err: Mapping[str, Any], registry: Registry) -> str:
         family = _family_of(err["loc"])
         valid = registry.kinds(family) if family else []
         return f"{path}: missing 'kind' (one of: {', '.join(valid)})"
+    if kind == "bool_number":
+        return f"{path}.{ctx['field']}: expected a number, got a boolean ({ctx['value']})"
     if kind == "extra_forbidden":
         return f"{path}: unknown field"
-    shown = repr(err.get("input"))
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return f"{path}: {err['msg']} (got {shown})"
+    shown = _SHORT.repr(err.get("input"))  # never the whole input (it may be huge)
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg} (got {shown})"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 2, 3, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 40
+MAX_PROBLEMS = 25
 
 
 def _family_of(loc: Sequence[Any]) -> str | None:
@@ -337,7 +358,7 @@ def _path(loc: Sequence[Any], registry: Registry) -> str:
             continue
         if item.startswith(("function-", "tagged-union", "nullable")) or item in {"str", "float"}:
             continue
-        if "[" in item or item.startswith(("Ramp", "list")):
+        if "[" in item or item.startswith(("Ramp", "list")) or item in {"number", "ramp"}:
             continue
         family = SLOTS.get(item, family if item.isdigit() else None)
         out += ("." if out else "") + item

@@ -9,8 +9,14 @@ that was never installed (no entry-point metadata). A plugin that fails to impor
 registers a kind another plugin already has, is recorded in ``pm.failures`` by name and left
 out whole; the rest keep working.
 
+A plugin whose hooks do not match fipframe's hook specifications (a wrong signature) is
+recorded as failed too. Hooks with unknown names, ``fipframe_*`` functions not marked with
+``@fipframe.hookimpl``, and names in ``FIPFRAME_DISABLE_PLUGINS`` that match no plugin are
+kept in ``pm.warnings`` (they would otherwise be ignored silently).
+
 Environment switches:
-    FIPFRAME_DISABLE_PLUGINS: comma-separated plugin names (``dist:entry``) not to load.
+    FIPFRAME_DISABLE_PLUGINS: comma-separated plugins not to load: ``dist:entry`` names (as
+        ``fipframe plugins`` shows them) or bare distribution names (all of its entries).
     FIPFRAME_NO_ENTRY_POINTS: if set to 1, load built-ins only.
 """
 
@@ -62,6 +68,12 @@ class PluginFailure:
         return f"plugin {self.name!r}{where} was not loaded: {self.error}"
 
 
+SWITCHES = (
+    "to silence a plugin: FIPFRAME_DISABLE_PLUGINS=<name or distribution>; built-ins only: "
+    "FIPFRAME_NO_ENTRY_POINTS=1"
+)
+
+
 @dataclass(frozen=True)
 class PluginSource:
     """Where a loaded plugin came from."""
@@ -79,6 +91,7 @@ class FipPluginManager(pluggy.PluginManager):
         super().__init__(PROJECT)
         self.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
+        self.warnings: list[str] = []
         self.sources: dict[str, PluginSource] = {}
         self._registry: Registry | None = None
 
@@ -89,9 +102,40 @@ class FipPluginManager(pluggy.PluginManager):
             self._registry = build_registry(self)
         return self._registry
 
-    def register_source(self, plugin: Any, source: PluginSource) -> None:
-        self.register(plugin, name=source.name)
+    def register_source(self, plugin: Any, source: PluginSource) -> bool:
+        """Register ``plugin``; a plugin pluggy refuses (hooks that do not match their
+        specification) is recorded in ``failures`` instead. Returns whether it registered."""
+        try:
+            self.register(plugin, name=source.name)
+        except Exception as exc:  # pluggy.PluginValidationError, or a plugin's own error
+            if self.get_plugin(source.name) is not None:
+                self.unregister(name=source.name)
+            self.failures.append(PluginFailure(source.name, source.dist, _describe(exc)))
+            return False
         self.sources[source.name] = source
+        self._check_hooks(plugin, source.name)
+        return True
+
+    def _check_hooks(self, plugin: Any, name: str) -> None:
+        """Warn of hooks no specification knows and of unmarked ``fipframe_*`` functions."""
+        from fipframe.registry import did_you_mean
+
+        known = [n for n in dir(hookspecs) if n.startswith("fipframe_")]
+        marked = set()
+        for caller in self.get_hookcallers(plugin) or []:
+            marked.add(caller.name)
+            if not caller.has_spec():
+                self.warnings.append(
+                    f"plugin {name!r}: hook {caller.name!r} is not a fipframe hook and is never "
+                    "called" + did_you_mean(caller.name, known)
+                )
+        for attr in dir(plugin):
+            unmarked = attr in known and attr not in marked
+            if unmarked and callable(getattr(plugin, attr, None)):
+                self.warnings.append(
+                    f"plugin {name!r}: {attr} is not marked with @fipframe.hookimpl and is "
+                    "never called"
+                )
 
 
 def _describe(exc: BaseException) -> str:
@@ -119,12 +163,17 @@ def make_plugin_manager(
         entry_points_enabled = os.environ.get("FIPFRAME_NO_ENTRY_POINTS") != "1"
     pm = FipPluginManager()
     disabled = _disabled()
+    matched: set[str] = set()
     have_builtins = False
     if entry_points_enabled:
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_ep_order):
             dist = ep.dist.name if ep.dist else None
             name = f"{dist}:{ep.name}" if dist else ep.name
-            if name in disabled or name in pm.sources:
+            hit = {name, dist} & disabled
+            if hit:
+                matched |= hit
+                continue
+            if name in pm.sources:
                 continue
             try:
                 plugin = ep.load()
@@ -132,19 +181,28 @@ def make_plugin_manager(
                 pm.failures.append(PluginFailure(name, dist, _describe(exc)))
                 continue
             version = ep.dist.version if ep.dist else None
-            pm.register_source(plugin, PluginSource(name, dist, version, ep.value))
-            have_builtins |= dist == PROJECT
+            registered = pm.register_source(plugin, PluginSource(name, dist, version, ep.value))
+            have_builtins |= dist == PROJECT and registered
     if not have_builtins:
         from fipframe import __version__
 
         for module in BUILTIN_MODULES:
             name = f"{PROJECT}:{module.rsplit('.', 1)[-1]}"
-            if name not in disabled:
+            hit = {name, PROJECT} & disabled
+            if hit:
+                matched |= hit
+                continue
+            if name not in pm.sources:
                 source = PluginSource(name, PROJECT, __version__, module)
                 pm.register_source(importlib.import_module(module), source)
     for i, plugin in enumerate(plugins):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
         pm.register_source(plugin, PluginSource(name, None, None, repr(plugin)))
+    for name in sorted(disabled - matched):
+        pm.warnings.append(
+            f"FIPFRAME_DISABLE_PLUGINS: {name!r} matches no installed plugin (give a "
+            "distribution name or dist:entry as `fipframe plugins` lists them)"
+        )
     pm.registry  # noqa: B018  (build now, so pm.failures is complete on return)
     return pm
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from fipframe.core.adapter import ArchitectureAdapter
-from fipframe.core.configs import PluginConfig
+from fipframe.core.configs import PluginConfig, Width
 from fipframe.core.sparsity import attention_groups, block_groups, sequential_groups
 from fipframe.errors import ConfigError
 from fipframe.plugins import hookimpl
@@ -58,7 +58,7 @@ def mlp(
 
 class MLPConfig(AdapterConfig):
     kind: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field([400, 400], min_length=0, description="hidden layer widths")
+    hidden: list[Width] = Field([400, 400], min_length=0, description="hidden layer widths")
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -82,8 +82,8 @@ def build_lenet300(
 
 class SmallCNNConfig(AdapterConfig):
     kind: Literal["small_cnn"] = "small_cnn"
-    channels: list[int] = Field([32, 64], min_length=1, description="channels per conv block")
-    hidden: int = Field(128, ge=1, description="width of the hidden linear layer")
+    channels: list[Width] = Field([32, 64], min_length=1, description="channels per conv block")
+    hidden: Width = Field(128, description="width of the hidden linear layer")
     batch_norm: bool = False
 
 
@@ -174,11 +174,11 @@ def build_resnet18(
 
 class ViTConfig(AdapterConfig):
     kind: Literal["vit"] = "vit"
-    patch_size: int = Field(7, ge=1, description="side of the square patches (divides the image)")
-    layers: int = Field(2, ge=1, description="encoder blocks")
-    heads: int = Field(4, ge=1, description="attention heads per block")
-    hidden: int = Field(64, ge=1, description="token width (a multiple of heads)")
-    mlp: int = Field(128, ge=1, description="width of each block's MLP")
+    patch_size: Width = Field(7, description="side of the square patches (divides the image)")
+    layers: Width = Field(2, description="encoder blocks")
+    heads: Width = Field(4, description="attention heads per block")
+    hidden: Width = Field(64, description="token width (a multiple of heads)")
+    mlp: Width = Field(128, description="width of each block's MLP")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 

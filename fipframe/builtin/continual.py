@@ -31,7 +31,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fipframe.builtin.objectives import FromMemory
-from fipframe.core.configs import PluginConfig, Scheduled
+from fipframe.core.configs import NonNegative, PluginConfig
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
 from fipframe.data import inputs as I
@@ -61,7 +61,7 @@ def _seen(ctx: StageContext) -> list[int]:
 # -- joint training -------------------------------------------------------------------------
 class JointCEConfig(PluginConfig):
     kind: Literal["joint_ce"] = "joint_ce"
-    weight: Scheduled = Field(1.0, description="weight of this term")
+    weight: NonNegative = Field(1.0, description="weight of this term")
 
 
 class JointCE(SecondaryObjective):
@@ -94,7 +94,7 @@ class JointCE(SecondaryObjective):
 # -- EWC ------------------------------------------------------------------------------------
 class EWCConfig(PluginConfig):
     kind: Literal["ewc"] = "ewc"
-    weight: Scheduled = Field(100.0, description="lambda: strength of the quadratic penalty")
+    weight: NonNegative = Field(100.0, description="lambda: strength of the quadratic penalty")
     samples: int = Field(256, ge=1, description="training inputs per task for its Fisher")
     fisher: Literal["sampled", "exact"] = Field(
         "sampled",
@@ -187,7 +187,7 @@ class EWC(SecondaryObjective):
 # -- SI -------------------------------------------------------------------------------------
 class SIConfig(PluginConfig):
     kind: Literal["si"] = "si"
-    weight: Scheduled = Field(1.0, description="c: strength of the surrogate penalty")
+    weight: NonNegative = Field(1.0, description="c: strength of the surrogate penalty")
     xi: float = Field(0.1, gt=0.0, description="damping of the importance denominator")
 
 
@@ -231,7 +231,7 @@ class SI(SecondaryObjective):
 # -- LwF ------------------------------------------------------------------------------------
 class LwFConfig(PluginConfig):
     kind: Literal["lwf"] = "lwf"
-    weight: Scheduled = Field(1.0, description="weight of the distillation term")
+    weight: NonNegative = Field(1.0, description="weight of the distillation term")
     temperature: float = Field(2.0, gt=0.0, description="softmax temperature T")
 
 
@@ -272,7 +272,7 @@ class LwF(SecondaryObjective):
 # -- DER ------------------------------------------------------------------------------------
 class DERConfig(PluginConfig):
     kind: Literal["der"] = "der"
-    weight: Scheduled = Field(0.5, description="alpha: weight of the logit-matching term")
+    weight: NonNegative = Field(0.5, description="alpha: weight of the logit-matching term")
 
 
 class DER(FromMemory):

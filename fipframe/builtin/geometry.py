@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from fipframe.core.configs import PluginConfig, Scheduled, value_at
+from fipframe.core.configs import PluginConfig, Positive, value_at
 from fipframe.core.integrator import (
     PathIntegrator,
     State,
@@ -36,7 +36,7 @@ from fipframe.registry import Spec
 
 class NaturalConfig(PluginConfig):
     kind: Literal["natural"] = "natural"
-    eps: Scheduled = Field(0.01, description="length of each step")
+    eps: Positive = Field(0.01, description="length of each step")
     damping: float = Field(1e-3, gt=0.0, description="lambda in (g + lambda I) theta = grad L")
     cg_iters: int = Field(10, ge=1, le=500, description="conjugate-gradient iterations (fixed)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="momentum on the step direction")
@@ -44,7 +44,7 @@ class NaturalConfig(PluginConfig):
 
 class ProjectedConfig(PluginConfig):
     kind: Literal["projected"] = "projected"
-    eps: Scheduled = Field(0.01, description="length of each step")
+    eps: Positive = Field(0.01, description="length of each step")
     rank: int = Field(20, ge=1, description="eigenvectors of g projected out")
     refresh: int = Field(50, ge=1, description="steps between Lanczos refreshes")
     lanczos_iters: int | None = Field(None, ge=2, description="Lanczos iterations (2 rank + 10)")

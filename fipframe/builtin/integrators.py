@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fipframe.core import optim
-from fipframe.core.configs import PluginConfig, Scheduled, value_at
+from fipframe.core.configs import NonNegative, PluginConfig, Positive, value_at
 from fipframe.core.integrator import (
     PathIntegrator,
     State,
@@ -31,7 +31,7 @@ from fipframe.registry import Spec
 
 class GradientConfig(PluginConfig):
     kind: Literal["gradient"] = "gradient"
-    lr: Scheduled = Field(1e-3, description="learning rate (number or ramp)")
+    lr: Positive = Field(1e-3, description="learning rate (number or ramp)")
     optimizer: optim.OptimizerConfig = Field(
         optim.OptimizerConfig(), description="inner optimiser (adam or sgd) and its settings"
     )
@@ -39,13 +39,13 @@ class GradientConfig(PluginConfig):
 
 class PenaltyConfig(GradientConfig):
     kind: Literal["penalty"] = "penalty"  # type: ignore[assignment]
-    alpha: Scheduled = Field(1.0, description="weight of the mean output divergence")
+    alpha: NonNegative = Field(1.0, description="weight of the mean output divergence")
 
 
 class EpsStepConfig(PluginConfig):
     kind: Literal["eps_step"] = "eps_step"
-    eps: Scheduled = Field(0.01, description="Euclidean/Riemannian length of each step")
-    alpha: Scheduled = Field(1.0, description="weight of the mean output divergence")
+    eps: Positive = Field(0.01, description="Euclidean/Riemannian length of each step")
+    alpha: NonNegative = Field(1.0, description="weight of the mean output divergence")
 
 
 class Gradient(PathIntegrator):

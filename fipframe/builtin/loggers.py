@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fipframe.core.configs import PluginConfig
+from fipframe.core.configs import PluginConfig, RunFile
 from fipframe.core.logger import Logger
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -19,7 +19,9 @@ from fipframe.registry import Spec
 
 class CSVConfig(PluginConfig):
     kind: Literal["csv"] = "csv"
-    filename: str = Field("metrics.csv", description="file name inside the run directory")
+    filename: RunFile = Field(
+        "metrics.csv", description="file name inside the run directory (relative, no '..')"
+    )
 
 
 class CSVLogger(Logger):

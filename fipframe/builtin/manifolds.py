@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fipframe.core.configs import PluginConfig
+from fipframe.core.configs import ConfigModel, PluginConfig
 from fipframe.core.manifold import Euclidean, Product, sphere_rows, stiefel_rows
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -32,8 +32,7 @@ class EuclideanConfig(PluginConfig):
     kind: Literal["euclidean"] = "euclidean"
 
 
-class GroupConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class GroupConfig(ConfigModel):
     params: list[str] = Field(min_length=1, description="globs of parameter names")
     manifold: Literal["sphere", "stiefel"] = Field(description="manifold of each matching tensor")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from fipframe.core.configs import PluginConfig, Scheduled
+from fipframe.core.configs import NonNegative, PluginConfig
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
 from fipframe.data import inputs as I
@@ -23,7 +23,7 @@ from fipframe.registry import Spec
 
 class TaskCEConfig(PluginConfig):
     kind: Literal["task_ce"] = "task_ce"
-    weight: Scheduled = Field(1.0, description="weight beta of this term")
+    weight: NonNegative = Field(1.0, description="weight beta of this term")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy smoothing")
 
 
@@ -52,7 +52,7 @@ class TaskCE(SecondaryObjective):
 
 class ReplayCEConfig(PluginConfig):
     kind: Literal["replay_ce"] = "replay_ce"
-    weight: Scheduled = Field(1.0, description="weight beta of this term")
+    weight: NonNegative = Field(1.0, description="weight beta of this term")
 
 
 class FromMemory(SecondaryObjective):

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fipframe.core.configs import Scheduled
+from fipframe.core.configs import NonNegative
 from fipframe.core.objective import Batch, SecondaryObjective, StageContext
 from fipframe.core.params import Params
 from fipframe.core.sparsity import (
@@ -34,7 +34,7 @@ from fipframe.registry import Spec
 
 class PruneTargetConfig(SparsityConfig):
     kind: Literal["prune_target"] = "prune_target"
-    weight: Scheduled = Field(1.0, description="weight beta of this term")
+    weight: NonNegative = Field(1.0, description="weight beta of this term")
     distance: Literal["l2", "squared"] = Field(
         "l2",
         description="l2: ||w - P_s(w)|| (the papers' form, a pull of constant strength); "

@@ -1,7 +1,16 @@
 """The interfaces every plugin implements and the math they share."""
 
 from fipframe.core.adapter import ArchitectureAdapter
-from fipframe.core.configs import PluginConfig, Ramp, Scheduled, value_at
+from fipframe.core.configs import (
+    NonNegative,
+    PluginConfig,
+    Positive,
+    Ramp,
+    RunFile,
+    Scheduled,
+    Width,
+    value_at,
+)
 from fipframe.core.integrator import PathIntegrator, StepProblem, Terms
 from fipframe.core.logger import Logger
 from fipframe.core.manifold import Euclidean, GeooptManifold, Manifold
@@ -17,15 +26,19 @@ __all__ = [
     "Logger",
     "Manifold",
     "Metric",
+    "NonNegative",
     "ParamSpace",
     "Params",
     "PathIntegrator",
     "PluginConfig",
+    "Positive",
     "Ramp",
+    "RunFile",
     "Scheduled",
     "SecondaryObjective",
     "StageContext",
     "StepProblem",
     "Terms",
+    "Width",
     "value_at",
 ]

@@ -25,19 +25,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from fipframe.core.configs import ConfigModel
 from fipframe.core.params import Params
 from fipframe.errors import TraversalError
 
 MASK_PREFIX = "mask:"  # masks live in the path's carry under this prefix
 
 
-class SparsityConfig(BaseModel):
+class SparsityConfig(ConfigModel):
     """A magnitude pruning target and how it moves along a stage."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     sparsity: float = Field(
         ge=0.0, lt=1.0, description="final fraction of the counted weights (or units) at zero"

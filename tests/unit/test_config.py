@@ -111,8 +111,13 @@ def test_json_and_overrides(tmp_path, tiny, pm):
     path.write_text(json.dumps(tiny))
     config = load_config(path, overrides=["stages.0.steps=7", "run.seed=11"], pm=pm)
     assert config.stages[0].steps == 7 and config.run.seed == 11
-    with pytest.raises(ConfigError, match="--set nope.x: no such place"):
+    # a missing section is created (`run:` may be absent) and then validated like any other
+    with pytest.raises(ConfigError, match="nope: unknown field"):
         load_config(path, overrides=["nope.x=1"], pm=pm)
+    with pytest.raises(ConfigError, match=r"--set stages.5.steps: no such place .*has 1 items"):
+        load_config(path, overrides=["stages.5.steps=1"], pm=pm)
+    with pytest.raises(ConfigError, match=r"--set run.seed: the value '\[' is not valid YAML"):
+        load_config(path, overrides=["run.seed=["], pm=pm)
 
 
 def test_unknown_preset_suggests():
