@@ -101,9 +101,16 @@ def run(
     resume: bool = False,
     model: Any = None,
     data: Any = None,
+    force: bool = False,
+    overrides: Iterable[str] = (),
 ) -> RunResult:
-    """Build and run a traversal; with ``resume=True`` continue the run in ``out``."""
-    return build(config, out=out, model=model, data=data).run(resume=resume)
+    """Build and run a traversal; with ``resume=True`` continue the run in ``out``.
+
+    On resume the config must be the checkpoint's, but for the fields named in ``overrides``
+    (``PATH=VALUE`` strings, already applied to ``config``) or, with ``force=True``, any
+    change that does not contradict the interrupted stage's saved state."""
+    traversal = build(config, out=out, model=model, data=data)
+    return traversal.run(resume=resume, force=force, overrides=overrides)
 
 
 def resume(
@@ -112,12 +119,16 @@ def resume(
     model: Any = None,
     data: Any = None,
     overrides: Iterable[str] = (),
+    force: bool = False,
     pm: plugins.FipPluginManager | None = None,
 ) -> RunResult:
     """Continue an interrupted run from its last checkpoint, with its saved config.
 
     A run whose model or data was passed from Python needs the same ``model=`` / ``data=``
     again (a fresh instance of the module: its weights come from the checkpoint).
+    ``overrides`` change fields of the stages still to run (recorded in ``config.yaml`` and
+    ``changes.jsonl``); ``force`` accepts a config.yaml edited by hand, or changes to what
+    already ran, recording them as forced.
     """
     from fipframe.traversal import origin
 
@@ -125,5 +136,8 @@ def resume(
     if not (root / "config.yaml").is_file():
         raise ConfigError(f"{root}: not a run directory (no config.yaml)")
     origin.require(root, origin.read(root), model, data, "resume")
+    overrides = list(overrides)
     config = load_config(root / "config.yaml", overrides=overrides, pm=pm)
-    return run(config, out=root, resume=True, model=model, data=data)
+    return run(
+        config, out=root, resume=True, model=model, data=data, force=force, overrides=overrides
+    )

@@ -1,7 +1,9 @@
 """``fipframe run | validate | schema | plugins | presets | report | export``.
 
-Configuration problems print one line each and exit with 2, without a traceback.
-Ctrl-C during a run exits with 130 and prints how to resume.
+Configuration problems, damaged or busy run directories print one line each and exit with 2,
+without a traceback; a traversal that cannot go on (divergence, non-finite values) and a file
+system error (a full disk) exit with 1. Ctrl-C during a run exits with 130 and prints how to
+resume (or that nothing was saved yet).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fipframe.errors import ConfigError, PluginError, TraversalError
+from fipframe.errors import ConfigError, PluginError, RunDirError, TraversalError
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -38,16 +40,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         config = _load(args)
         out = Path(args.out) if args.out else Path("runs") / config.name
+    if args.force and not args.resume:
+        raise ConfigError("--force applies to --resume only")
     try:
         if args.resume:
-            result = resume(out, overrides=args.set or (), pm=args.pm)
+            result = resume(out, overrides=args.set or (), force=args.force, pm=args.pm)
         else:
             result = run(config, out=out)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; the last chunk is saved. Resume with: fipframe run --resume {out}",
-            file=sys.stderr,
-        )
+        from fipframe.traversal.artifact import CHECKPOINT
+
+        if (out / CHECKPOINT).exists():
+            said = f"the last chunk is saved. Resume with: fipframe run --resume {out}"
+        else:
+            said = f"nothing was saved yet (no checkpoint in {out}); run it again"
+        print(f"\ninterrupted; {said}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(result.table())
     print(f"\nrun directory: {out}  (plot: {out / 'accuracy.png'})")
@@ -108,12 +115,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fipframe.eval.results import RunResult
+    from fipframe.traversal.artifact import RunDir
 
     result = RunResult.load(args.run_dir)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(result.table())
     out = result.plot(Path(args.run_dir) / "accuracy.png")
     print(f"\nplot: {out}")
-    return 0
+    problems = RunDir(args.run_dir).audit(result.records, None)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if problems else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -167,6 +180,12 @@ def parser(pm: Any) -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: accept a config.yaml edited by hand or changes to finished stages "
+        "(recorded as forced in changes.jsonl)",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="validate a config against the installed plugins")
     config_args(p)
@@ -223,8 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except RunDirError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     except TraversalError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a file system gone read-only: no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -61,6 +61,33 @@ class LoaderConfig(_Frozen):
     )
 
 
+class GuardConfig(_Frozen):
+    """The divergence guard: a finite chunk that has still gone wrong is treated like a
+    non-finite one (rolled back with the step halved) or stops the run."""
+
+    loss_growth: float | None = Field(
+        1000.0,
+        gt=1.0,
+        description="a chunk whose mean loss exceeds this many times the stage's first-step loss "
+        "(at least `loss_floor`) diverged; None: no loss check",
+    )
+    loss_floor: float = Field(
+        1.0, gt=0.0, description="the smallest reference loss (a stage starting near 0 loss)"
+    )
+    collapse: bool = Field(
+        False,
+        description="off by default: early in a new class-incremental task a healthy network "
+        "can look the same. On: a chunk collapsed when the network gives one class to >= 98% "
+        "of the val inputs and its mean val accuracy over the path's learned tasks is at chance "
+        "(<= 1.1 x), down from >= 1.5 x chance at the chunk before (or the previous stage's end)",
+    )
+    action: Literal["rollback", "stop"] = Field(
+        "rollback",
+        description="rollback: back to the last good chunk with the step halved (up to "
+        "max_rollbacks); stop: end the run with the checkpoint at the last good chunk",
+    )
+
+
 class RunSettings(_Frozen):
     """How the traversal runs (not what it computes)."""
 
@@ -108,6 +135,7 @@ class RunSettings(_Frozen):
         "on the device (for data that does not fit; same batches, same results)",
     )
     loader: LoaderConfig = Field(LoaderConfig(), description="DataLoader settings when streaming")
+    guard: GuardConfig = Field(GuardConfig(), description="what counts as divergence, and then")
 
     @field_validator("device")
     @classmethod

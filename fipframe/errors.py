@@ -1,4 +1,4 @@
-"""The three errors fipframe raises on purpose, each with one clear message.
+"""The errors fipframe raises on purpose, each with one clear message.
 
 ``ConfigError`` carries a list of problems, one per line, each naming the field path
 (``stages[1].metric.kind``) or the file it is about. The CLI prints them and exits with 2.
@@ -28,6 +28,16 @@ class ConfigError(FipframeError):
 
 class PluginError(FipframeError):
     """A plugin failed to load, registered a clashing kind, or a kind is unknown."""
+
+
+class RunDirError(FipframeError):
+    """A run directory cannot be used as it is: damaged or missing files, a checkpoint that
+    does not belong to it, a config that does not match it, another process writing it.
+    ``problems`` holds one line per problem, each naming the file."""
+
+    def __init__(self, problems: str | Iterable[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class TraversalError(FipframeError):

@@ -40,6 +40,7 @@ class Evaluator:
         ]
         #: the module's statistics belong to another point (a branch start, a rewind, resume)
         self.bn_stale = False
+        self.majority: float | None = None  # set by evaluate()
 
     # -- outputs -------------------------------------------------------------------------------
     def logits(self, params: Params, x: Any) -> Tensor:
@@ -79,9 +80,14 @@ class Evaluator:
             self.adapter.train(was)
 
     def evaluate(self, params: Params) -> dict[str, float]:
-        """Accuracy of ``params`` on every task's val and test split, and their averages."""
+        """Accuracy of ``params`` on every task's val and test split, and their averages.
+
+        Also sets ``majority``: the fraction of val inputs (pooled over tasks) given the most
+        common prediction, 1.0 for a network that answers one class to everything (read by the
+        divergence guard; computed in the same sync)."""
         names, values = [], []
         table = self._class_table
+        preds: dict[str, list[Tensor]] = {"val": [], "test": []}
         for split in ("val", "test"):
             for i, task in enumerate(self.tasks.tasks):
                 data = getattr(task, split)
@@ -91,7 +97,13 @@ class Evaluator:
                 pred = self.tasks.restrict(logits, i, table).argmax(-1)
                 names.append(f"acc/{split}/task_{i}")
                 values.append((pred == data.y).float().mean())
-        out = dict(zip(names, torch.stack(values).tolist(), strict=True)) if values else {}
+                preds[split].append(pred)
+        pooled = torch.cat(preds["val"] or preds["test"]) if values else None
+        if pooled is not None:
+            values.append(torch.bincount(pooled).max().float() / pooled.numel())
+        numbers = torch.stack(values).tolist() if values else []
+        self.majority = numbers.pop() if pooled is not None else None
+        out = dict(zip(names, numbers, strict=True))
         n = len(self.tasks.tasks)
         for split in ("val", "test"):
             accs = [

@@ -1,17 +1,31 @@
 """RunResult: what a traversal measured, read from its records; tables and plots of it.
 
 Accuracies are class-incremental: one shared head, argmax over every class. ``final`` holds
-each branch's test accuracy per task after its last stage.
+each finished branch's test accuracy per task after its last stage. A branch that did not
+finish (interrupted, or not started) is never credited with another path's numbers: it is
+shown as unfinished, at its last step, with its accuracy so far.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TRUNK = "trunk"
+
+
+def stage_names(config: Any) -> dict[str, list[dict[str, Any]]]:
+    """The run's plan as results need it: ``{branch: [{"name", "steps"}, ...]}``, trunk first.
+    ``config``: a RunConfig or its plain mapping (a run directory's config.yaml)."""
+    dump = config.dump() if hasattr(config, "dump") else config
+    plan = {TRUNK: list(dump.get("stages") or [])}
+    plan.update(dict(dump.get("branches") or {}))
+    return {
+        b: [{"name": s.get("name"), "steps": s.get("steps")} for s in stages if isinstance(s, dict)]
+        for b, stages in plan.items()
+        if isinstance(stages, list)
+    }
 
 
 @dataclass
@@ -24,16 +38,25 @@ class RunResult:
     points: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     #: the parameters no path moved (frozen), held in memory by the run that made this result
     fixed: dict[str, Any] | None = field(default=None, repr=False)
+    #: the stages each branch has (see :func:`stage_names`); None: unknown, judged by records
+    plan: dict[str, list[dict[str, Any]]] | None = None
+    #: what reading the run directory noticed (a torn last line dropped)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_records(
-        cls, records: list[dict[str, Any]], tasks: Any, run_dir: Path | None
+        cls,
+        records: list[dict[str, Any]],
+        tasks: Any,
+        run_dir: Path | None,
+        plan: dict[str, list[dict[str, Any]]] | None = None,
     ) -> RunResult:
-        return cls(list(records), [t.name for t in tasks.tasks], run_dir)
+        return cls(list(records), [t.name for t in tasks.tasks], run_dir, plan=plan)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResult:
         """Rebuild the result of a (possibly unfinished) run from its directory."""
+        from fipframe.errors import RunDirError
         from fipframe.traversal.artifact import METRICS, RunDir
 
         root = Path(run_dir)
@@ -41,36 +64,78 @@ class RunResult:
             from fipframe.errors import ConfigError
 
             raise ConfigError(f"{root}: not a run directory (no {METRICS})")
-        records = list(RunDir(root).records())
+        rd = RunDir(root)
+        records = rd.records()
         names: list[str] = []
-        summary = root / "summary.json"
-        if summary.exists():
-            names = json.loads(summary.read_text()).get("tasks", [])
+        try:
+            summary = rd.read_json("summary.json")
+        except RunDirError as exc:  # rebuilt from the records; say so
+            rd.notes += [f"{p} (ignored; the table comes from the records)" for p in exc.problems]
+            summary = None
+        if isinstance(summary, dict):
+            names = list(summary.get("tasks") or [])
+        if not names:
+            origin = rd.read_json("origin.json")
+            if isinstance(origin, dict):
+                names = [t["name"] for t in origin.get("data", {}).get("tasks", [])]
         if not names:
             n = len({k for r in records for k in r["metrics"] if k.startswith("acc/test/task_")})
             names = [f"task_{i}" for i in range(n)]
-        return cls(records, names, root)
+        plan = None
+        if (root / "config.yaml").is_file():
+            from fipframe.configfile import read_file
+
+            plan = stage_names(read_file(root / "config.yaml"))
+        result = cls(records, names, root, plan=plan)
+        result.notes = list(rd.notes)
+        return result
 
     # -- views -----------------------------------------------------------------------------
     @property
     def branches(self) -> list[str]:
-        seen = [r["branch"] for r in self.records]
-        names = list(dict.fromkeys(seen))
+        if self.plan is not None:
+            names = list(self.plan)
+        else:
+            names = list(dict.fromkeys(r["branch"] for r in self.records))
         return [b for b in names if b != TRUNK] or [TRUNK]
 
     def _last_end(self, branch: str) -> dict[str, Any] | None:
         ends = [r for r in self.records if r["kind"] == "stage_end" and r["branch"] == branch]
         return ends[-1] if ends else None
 
-    def accuracies(self, branch: str, split: str = "test") -> list[float] | None:
-        """Per-task accuracy after the branch's last finished stage (None if none finished)."""
-        end = self._last_end(branch)
-        if end is None:
-            return None
+    def finished(self, branch: str) -> bool:
+        """Did every stage of ``branch`` (and of the trunk before it) record its end?"""
+        done = {(r["branch"], r["stage"]) for r in self.records if r["kind"] == "stage_end"}
+        if self.plan is None:
+            return self._last_end(branch) is not None
+        paths = [TRUNK] if branch == TRUNK else [TRUNK, branch]
+        return all((b, s["name"]) in done for b in paths for s in self.plan.get(b, []))
+
+    def progress(self, branch: str) -> dict[str, Any]:
+        """Where an unfinished branch stopped: its last record's stage and step (of the
+        stage's steps), or ``{"stage": None}`` if it never started."""
+        own = [r for r in self.records if r["branch"] == branch]
+        if not own:
+            return {"stage": None, "step": 0, "steps": None}
+        last = own[-1]
+        steps = None
+        for s in (self.plan or {}).get(branch, []):
+            if s["name"] == last["stage"]:
+                steps = s["steps"]
+        return {"stage": last["stage"], "step": last["step"], "steps": steps, "record": last}
+
+    def _accs(self, record: dict[str, Any], split: str) -> list[float]:
         return [
-            end["metrics"].get(f"acc/{split}/task_{i}", float("nan"))
+            record["metrics"].get(f"acc/{split}/task_{i}", float("nan"))
             for i in range(len(self.task_names))
         ]
+
+    def accuracies(self, branch: str, split: str = "test") -> list[float] | None:
+        """Per-task accuracy at the end of the branch (None if it did not finish)."""
+        end = self._last_end(branch)
+        if end is None or not self.finished(branch):
+            return None
+        return self._accs(end, split)
 
     @property
     def final(self) -> dict[str, dict[str, float]]:
@@ -79,6 +144,23 @@ class RunResult:
             accs = self.accuracies(branch)
             if accs is not None:
                 out[branch] = dict(zip(self.task_names, accs, strict=True))
+        return out
+
+    @property
+    def unfinished(self) -> dict[str, dict[str, Any]]:
+        """Branches that did not finish: where each stopped and its test accuracy so far."""
+        out = {}
+        for branch in self.branches:
+            if self.finished(branch):
+                continue
+            where = self.progress(branch)
+            record = where.pop("record", None)
+            where["accuracy_so_far"] = (
+                dict(zip(self.task_names, self._accs(record, "test"), strict=True))
+                if record
+                else None
+            )
+            out[branch] = where
         return out
 
     def path(self, branch: str) -> list[dict[str, Any]]:
@@ -110,7 +192,7 @@ class RunResult:
         the same tasks of (best accuracy before the last stage - final). All as fractions.
         """
         learned, rows = self.matrix(branch, split)
-        if not rows:
+        if not rows or not self.finished(branch):
             return {}
         tasks = list(dict.fromkeys(learned))
         final = rows[-1]
@@ -125,7 +207,7 @@ class RunResult:
 
     def table(self, split: str = "test") -> str:
         """A plain-text table of per-task and average accuracy (%) per branch."""
-        rows: list[tuple[str, list[float]]] = []
+        rows: list[tuple[str, list[float] | None]] = []
         start = self.accuracies(TRUNK, split)
         if start is not None and self.branches != [TRUNK]:
             rows.append(("start (end of shared stages)", start))
@@ -133,6 +215,14 @@ class RunResult:
             accs = self.accuracies(branch, split)
             if accs is not None:
                 rows.append((branch, accs))
+                continue
+            where = self.progress(branch)
+            if where["stage"] is None:
+                rows.append((f"{branch} (not started)", None))
+                continue
+            of = f"/{where['steps']}" if where["steps"] is not None else ""
+            label = f"{branch} (unfinished: {where['stage']} step {where['step']}{of}; so far)"
+            rows.append((label, self._accs(where["record"], split)))
         heads = [*self.task_names, "average"]
         width = max([len(r[0]) for r in rows] + [6])
         lines = [
@@ -140,6 +230,9 @@ class RunResult:
             "method".ljust(width) + "".join(f"  {h:>14}" for h in heads),
         ]
         for name, accs in rows:
+            if accs is None:
+                lines.append(name.ljust(width) + "".join(f"  {'-':>14}" for _ in heads))
+                continue
             cells = [*accs, sum(accs) / len(accs)]
             lines.append(name.ljust(width) + "".join(f"  {100 * a:14.2f}" for a in cells))
         cl = {b: self.continual(b, split) for b in self.branches}
@@ -153,13 +246,18 @@ class RunResult:
                 if m:
                     cells = [m["acc"], m.get("bwt", 0.0), m.get("forgetting", 0.0)]
                     lines.append(b.ljust(width) + "".join(f"  {100 * v:10.2f}" for v in cells))
+                else:
+                    lines.append(b.ljust(width) + "  (unfinished)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.task_names,
             "final_test_accuracy": self.final,
-            "final_val_accuracy": {b: self.accuracies(b, "val") for b in self.branches},
+            "final_val_accuracy": {
+                b: self.accuracies(b, "val") for b in self.branches if self.finished(b)
+            },
+            **({"unfinished": self.unfinished} if self.unfinished else {}),
             **self.extra,
         }
 

@@ -10,34 +10,54 @@
                              saved points: the traversable weights (full tensors, loadable alone)
       points/fixed.safetensors  the parameters no path moves (frozen ones), saved once
       origin.json            what ran: the model's class and parameters, the tasks' sizes
-      checkpoint.safetensors the commit record: the last good point + integrator state + RNG
+      checkpoint.safetensors the commit record: the last good point + integrator state + RNG,
+                             the run id and the resolved config it was made with
+      run.json               the run's id, when and where it started
+      changes.jsonl          every config change accepted on resume (what, when, forced or not)
+      delivered.json         the last record every logger was given (rows replayed on resume)
       summary.json, accuracy.png   written at the end (and by ``fipframe report``)
+      .lock                  held (flock) by the one process writing the run; names its pid/host
 
 Every file is written atomically (temporary file, fsync, rename). The checkpoint is written
 last at each chunk end and is the single source of truth on resume: metrics records past it
 are dropped, so a crash at any instant leaves a readable, resumable run.
+
+Every safetensors file carries the sha256 of its contents in its metadata
+(``fipframe.sha256``: over the tensor index, the fipframe metadata and the data); reading a
+file checks it, so a truncated or bit-flipped point is reported as damaged, naming the file,
+instead of being used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from fipframe.core.params import Params
-from fipframe.errors import ConfigError, TraversalError
+from fipframe.errors import ConfigError, RunDirError
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 FIXED = "points/fixed.safetensors"  # the module's parameters no path moves (frozen), once
+RUN = "run.json"
+CHANGES = "changes.jsonl"
+DELIVERED = "delivered.json"
+LOCK = ".lock"
+TEMP_SUFFIX = ".tmp"
+SHA_KEY = "fipframe.sha256"
 
 
 def _umask() -> int:
@@ -53,7 +73,7 @@ _MODE = 0o666 & ~_umask()  # what a plain open() would give; mkstemp's 0600 hide
 def _atomic(path: Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield tmp
@@ -80,13 +100,66 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, 
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
         cpu[k] = t.clone() if key in seen and t.numel() else t
         seen.add(key)
-    with _atomic(path) as tmp:
-        save_file(cpu, tmp, metadata={"fipframe": json.dumps(meta)})
+    blob = save_bytes(cpu, metadata={"fipframe": json.dumps(meta)})
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    data = memoryview(blob)[8 + n :]
+    header["__metadata__"][SHA_KEY] = _digest(header, data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned
+    with _atomic(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(data)
+
+
+def _digest(header: dict[str, Any], data: memoryview | bytes) -> str:
+    index = {k: v for k, v in header.items() if k != "__metadata__"}
+    h = hashlib.sha256(json.dumps(index, sort_keys=True).encode())
+    h.update(header.get("__metadata__", {}).get("fipframe", "").encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _label(path: Path) -> str:
+    """A file's name as the messages show it: relative to its run directory when it has one."""
+    for parent in path.parents:
+        if (parent / METRICS).exists() or (parent / "config.yaml").exists():
+            return str(path.relative_to(parent)) if parent != Path(".") else str(path)
+    return str(path)
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and fipframe metadata of a safetensors file, its checksum verified.
+
+    Raises RunDirError naming the file if it is missing, truncated, not safetensors, or its
+    contents differ from the checksum written with them."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: missing") from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        if len(blob) < 8 or 8 + n > len(blob):
+            raise ValueError(f"{len(blob)} bytes, shorter than its header says (truncated)")
+        header = json.loads(blob[8 : 8 + n])
+        meta_raw = (header.get("__metadata__") or {}).get("fipframe", "{}")
+        stored = (header.get("__metadata__") or {}).get(SHA_KEY)
+        if stored is not None and stored != _digest(header, memoryview(blob)[8 + n :]):
+            raise ValueError("its contents do not match its sha256 (changed since written)")
+        tensors = load_bytes(blob)
+        meta = json.loads(meta_raw)
+    except Exception as exc:  # safetensors, JSON and UTF-8 errors alike: the file is damaged
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RunDirError(f"{path}: damaged ({why})") from None
+    return tensors, meta
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("fipframe", "{}"))
+    return read_tensors(path)[1]
 
 
 def _params(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Params:
@@ -96,8 +169,9 @@ def _params(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Params:
 
 
 def load_point(path: str | Path, device: str | torch.device = "cpu") -> Params:
-    """Load the weights of a saved point (or of the checkpoint) as a Params dict."""
-    return _params(load_file(str(path), device=str(device)), read_meta(Path(path)))
+    """Load the weights of a saved point (or of the checkpoint) as a Params dict, checked."""
+    tensors, meta = read_tensors(path)
+    return _params({k: v.to(device) for k, v in tensors.items()}, meta)
 
 
 # -- nested state <-> flat tensors ------------------------------------------------------------
@@ -128,10 +202,14 @@ class RunDir:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._lock: Any = None
+        #: things noticed while reading that lose nothing but should be said (a torn last line)
+        self.notes: list[str] = []
 
     # -- creation ------------------------------------------------------------------------------
     def create(self, *, fresh: bool) -> None:
-        """Make sure the directory can be written; refuse to overwrite an earlier run."""
+        """Make sure the directory can be written and take its lock; refuse to overwrite an
+        earlier run, or to write a run another process is writing."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
@@ -139,17 +217,78 @@ class RunDir:
             probe.unlink()
         except OSError as exc:
             raise ConfigError(f"out: cannot write to {self.root} ({exc.strerror or exc})") from None
+        self.lock()
         if fresh and (self.root / METRICS).exists():
+            self.unlock()
             raise ConfigError(
                 f"out: {self.root} already holds a run; resume it with --resume {self.root} "
                 "or choose another --out"
             )
+        self.clean_temp()
+
+    def lock(self) -> None:
+        """Take the run's exclusive lock (released by the OS if the process dies)."""
+        path = self.root / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            try:
+                who = json.loads(holder)
+                text = f"pid {who['pid']} on host {who['host']} (since {who['since']})"
+            except (ValueError, KeyError, TypeError):
+                text = "another process"
+            raise RunDirError(
+                f"{self.root}: in use by {text}; wait for it to finish, or stop it, then "
+                f"resume with --resume {self.root}"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
+
+    def clean_temp(self) -> list[Path]:
+        """Remove temporary files a killed writer left (only the lock holder may)."""
+        removed = []
+        for folder in (self.root, self.root / "points"):
+            if folder.is_dir():
+                for p in folder.glob(f".*{TEMP_SUFFIX}"):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_bytes(self.root / name, (json.dumps(obj, indent=2) + "\n").encode())
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write_bytes(self.root / name, text.encode())
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run (None if absent); damage raises RunDirError naming it."""
+        path = self.root / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path}: damaged ({str(exc).splitlines()[0][:200]})") from None
+
+    def append_line(self, name: str, obj: Any) -> None:
+        with (self.root / name).open("a") as f:
+            f.write(json.dumps(obj) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- points and records --------------------------------------------------------------------
     def save_point(self, name: str, params: Params, meta: dict[str, Any]) -> str:
@@ -159,25 +298,64 @@ class RunDir:
         return rel
 
     def append_record(self, record: dict[str, Any]) -> None:
-        with (self.root / METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.append_line(METRICS, record)
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Complete records in order (a torn last line from a crash is skipped)."""
+    def records(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """The run's records in order, checked: each line a JSON object with a ``seq`` one
+        more than the last. A torn last line (a crash while appending) is dropped with a note;
+        any other unreadable line raises RunDirError naming its line number.
+
+        ``upto``: the checkpoint's last record. Records past it (written after the last commit)
+        are dropped and their damage does not matter; it must itself be present."""
         path = self.root / METRICS
         if not path.exists():
-            return
-        for line in path.read_text().splitlines():
+            if upto is not None:
+                raise RunDirError(f"{path}: missing (the checkpoint covers {upto + 1} records)")
+            return []
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        torn = lines[-1] != b""  # a complete file ends with a newline
+        if not torn:
+            lines = lines[:-1]
+        out: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for number, line in enumerate(lines, start=1):
+            if upto is not None and out and out[-1]["seq"] == upto:
+                extra = len(lines) - number + 1
+                self.notes.append(f"{path}: dropped {extra} line(s) written after the checkpoint")
+                break
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not a record")
+                for key, kind in (("seq", int), ("kind", str), ("branch", str), ("metrics", dict)):
+                    if not isinstance(record.get(key), kind):
+                        raise ValueError(f"no valid {key!r}")
+                expected = out[-1]["seq"] + 1 if out else 0
+                if record["seq"] != expected:
+                    raise ValueError(f"seq {record['seq']} where {expected} was expected")
+            except (ValueError, UnicodeDecodeError) as exc:
+                if torn and number == len(lines):
+                    self.notes.append(f"{path}: dropped a torn last line (a crash while writing)")
+                    break
+                problems.append(f"{path}: line {number} damaged ({str(exc)[:120]})")
+                if len(problems) >= 10:
+                    break
                 continue
+            out.append(record)
+        if problems:
+            raise RunDirError(problems)
+        if upto is not None and (not out or out[-1]["seq"] != upto):
+            last = out[-1]["seq"] if out else None
+            raise RunDirError(
+                f"{path}: record seq {upto}, which the checkpoint covers, is missing (the last "
+                f"readable one is seq {last}); the records were cut or edited"
+            )
+        return out
 
     def truncate_records(self, last_seq: int) -> None:
         """Keep only records with ``seq <= last_seq`` (those the checkpoint covers)."""
-        kept = [r for r in self.records() if r.get("seq", -1) <= last_seq]
+        kept = self.records(upto=last_seq)
         atomic_write_bytes(
             self.root / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode()
         )
@@ -192,12 +370,18 @@ class RunDir:
                 tensors[f"rng/cuda{i}"] = s
         atomic_save_tensors(self.root / CHECKPOINT, tensors, meta)
 
-    def load_checkpoint(self, device: torch.device) -> tuple[Params, Any, dict[str, Any]]:
+    def read_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         path = self.root / CHECKPOINT
         if not path.exists():
-            raise TraversalError(f"{path}: no checkpoint to resume from")
-        meta = read_meta(path)
-        tensors = load_file(str(path), device="cpu")
+            raise RunDirError(f"{path}: missing; there is no checkpoint to resume from")
+        return read_tensors(path)
+
+    @staticmethod
+    def restore_checkpoint(
+        tensors: dict[str, Tensor], meta: dict[str, Any], device: torch.device
+    ) -> tuple[Params, Any, dict[str, Any]]:
+        """Set the RNG to the checkpoint's and give back its point, state and metadata."""
+        meta = dict(meta)
         torch.set_rng_state(tensors["rng/cpu"])
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
         if cuda and torch.cuda.is_available():
@@ -206,3 +390,40 @@ class RunDir:
         params = _params(moved, meta)
         state = unflatten_state(meta.pop("state"), moved)
         return params, state, meta
+
+    def audit(self, records: list[dict[str, Any]], meta: dict[str, Any] | None) -> list[str]:
+        """Every file the records (and the checkpoint's metadata) name, checked: one line per
+        missing or damaged file."""
+        names: list[str] = []
+        for r in records:
+            names += [r[k] for k in ("point", "carry", "buffers") if r.get(k)]
+        if meta is not None:
+            names += [meta[k] for k in ("anchor", "anchor_buffers") if meta.get(k)]
+        if (self.root / FIXED).exists():
+            names.append(FIXED)
+        problems = []
+        for rel in dict.fromkeys(names):
+            try:
+                read_tensors(self.root / rel)
+            except RunDirError as exc:
+                problems += exc.problems
+        for name in (RUN, "origin.json", DELIVERED):
+            try:
+                self.read_json(name)
+            except RunDirError as exc:
+                problems += exc.problems
+        return problems
+
+
+def _flock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError from None
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,6 +12,7 @@ together, writes the run's description and fires the lifecycle hooks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import torch
 import yaml
 from torch import nn
 
-from fipframe.errors import TraversalError
-from fipframe.eval.results import RunResult
-from fipframe.traversal import origin
-from fipframe.traversal.artifact import FIXED, RunDir
+from fipframe.errors import RunDirError, TraversalError
+from fipframe.eval.results import RunResult, stage_names
+from fipframe.traversal import integrity, origin
+from fipframe.traversal.artifact import CHANGES, DELIVERED, FIXED, RunDir
 from fipframe.traversal.build import Components, build_components, resolve_device
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.plan import Walk
@@ -90,29 +91,61 @@ class Traversal:
         return self.components.evaluator.evaluate(params)
 
     # -- running ----------------------------------------------------------------------------------
-    def run(self, *, resume: bool = False) -> RunResult:
-        """Walk every stage of the trunk and of each branch; resume from the checkpoint if asked."""
+    def run(
+        self, *, resume: bool = False, force: bool = False, overrides: Iterable[str] = ()
+    ) -> RunResult:
+        """Walk every stage of the trunk and of each branch; resume from the checkpoint if asked.
+
+        On resume the checkpoint must belong to the run directory and the config must be the
+        one it was made with, except for the fields named in ``overrides`` (``PATH=VALUE`` as
+        given to ``--set``) or, with ``force``, any field but the interrupted stage's step rule
+        (see :mod:`fipframe.traversal.integrity`); every file the run needs is checked first.
+        """
         if resume and self.dir is None:
             raise TraversalError("resume needs the run directory (out=...) to resume from")
-        if self.dir is not None:
-            self.dir.create(fresh=not resume)
-        records = Records(self.config, self.dir, self.device)
-        if resume:
-            assert self.dir is not None
-            origin.check(self.dir.root, origin.read(self.dir.root), self.components)
-            origin.restore_fixed(self.dir.root, self.components)
-        restart = records.restart() if resume else None
-        if self.dir is not None and not resume:
-            self.dir.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
-            self.dir.write_json("plugins.json", self._plugin_versions())
-            origin.write(self.dir.root, self.components)
-            if self._fixed():  # parameters no path moves: saved once, for load_into and export
-                self.dir.save_point(Path(FIXED).stem, self._fixed(), {"kind": "fixed"})
-        if self.dir is not None:
-            self.loggers = [
-                self.registry.build("logger", c, run_dir=self.dir.root) for c in self.config.loggers
-            ]
+        if self.dir is None:
+            return self._run(None, resume=False, force=force, overrides=overrides)
+        self.dir.create(fresh=not resume)  # takes the run's lock
+        try:
+            return self._run(self.dir, resume=resume, force=force, overrides=overrides)
+        finally:
+            self.dir.unlock()
+
+    def _run(
+        self, rd: RunDir | None, *, resume: bool, force: bool, overrides: Iterable[str]
+    ) -> RunResult:
+        records = Records(self.config, rd, self.device)
+        restart = None
         progress = Progress(self.config.run.progress)
+        if rd is not None and resume:
+            tensors, meta = records.read_restart(lambda meta: integrity.check_run(rd, meta))
+            changes = integrity.check(rd, self.config, meta, overrides=overrides, force=force)
+            origin.check(rd.root, origin.read(rd.root), self.components)
+            problems = rd.audit(records.items, meta)
+            if problems:
+                raise RunDirError([*problems, f"{rd.root}: cannot resume until these are restored"])
+            if changes:
+                integrity.record(rd, self.config, meta, changes, overrides, force)
+                progress.line(f"config changed on resume ({len(changes)} fields; {CHANGES})")
+            origin.restore_fixed(rd.root, self.components)
+            restart = records.restart(tensors, meta)
+            rid = integrity.run_id(rd) or meta.get("run_id")
+        elif rd is not None:
+            rd.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
+            rd.write_json("plugins.json", self._plugin_versions())
+            origin.write(rd.root, self.components)
+            if self._fixed():  # parameters no path moves: saved once, for load_into and export
+                rd.save_point(Path(FIXED).stem, self._fixed(), {"kind": "fixed"})
+            rid = integrity.start(rd)
+        if rd is not None:
+            records.stamp = integrity.stamp(self.config, rid)
+            for note in rd.notes:
+                progress.line(f"note: {note}")
+            self.loggers = [
+                self.registry.build("logger", c, run_dir=rd.root) for c in self.config.loggers
+            ]
+            if restart is not None:
+                self._replay(rd, records.items)
         loop = StageLoop(self.components, records, progress, self._notify, self.position)
         self.pm.hook.fipframe_traversal_start(run=self)
         try:
@@ -121,14 +154,26 @@ class Traversal:
             for logger in self.loggers:
                 logger.close()
         result = RunResult.from_records(
-            records.items, self.tasks, self.dir.root if self.dir else None
+            records.items, self.tasks, rd.root if rd else None, plan=stage_names(self.config)
         )
         result.points = dict(records.ends)
         result.fixed = self._fixed()
-        if self.dir is not None:
+        if rd is not None:
             result.save()
         self.pm.hook.fipframe_traversal_end(run=self, result=result)
         return result
+
+    def _replay(self, rd: RunDir, items: list[dict[str, Any]]) -> None:
+        """Give the loggers the committed records they did not get (killed between a commit
+        and its notification): a sink never loses rows."""
+        delivered = rd.read_json(DELIVERED)
+        if not isinstance(delivered, dict) or not self.loggers:
+            return
+        missed = [r for r in items if r["seq"] > int(delivered.get("seq", -1))]
+        if missed:
+            for logger in self.loggers:
+                logger.replay(missed)
+            rd.write_json(DELIVERED, {"seq": missed[-1]["seq"]})
 
     def _fixed(self) -> dict[str, Any]:
         """The module's parameters that are not traversable (frozen), as they are."""
@@ -144,6 +189,8 @@ class Traversal:
         Ctrl-C raised by one of them loses nothing."""
         for logger in self.loggers:
             logger.log(record)
+        if self.loggers and self.dir is not None:
+            self.dir.write_json(DELIVERED, {"seq": record["seq"]})
         self.pm.hook.fipframe_chunk_end(
             run=self, step=record["global_step"], metrics=record["metrics"]
         )

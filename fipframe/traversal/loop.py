@@ -20,9 +20,10 @@ from fipframe.core.params import Params, all_finite
 from fipframe.data.memory import Memory
 from fipframe.errors import TraversalError
 from fipframe.traversal.build import Components, Stage, build_stage
+from fipframe.traversal.guard import Guard
 from fipframe.traversal.progress import Progress, short
 from fipframe.traversal.pruning import Pruner
-from fipframe.traversal.records import Commit, Position, Records, Restart
+from fipframe.traversal.records import TRUNK, Commit, Position, Records, Restart
 from fipframe.traversal.step import make_problem
 
 
@@ -148,6 +149,14 @@ class StageLoop:
         count = 0
         if restart is not None and restart.meta.get("done"):
             return params  # the stage had finished before the interruption
+        learned = {t for t, _ in ends if t is not None} | ({cfg.task} - {None})
+        guard = Guard(
+            comp.config.run.guard,
+            comp.tasks,
+            learned,
+            restart.meta.get("guard_ref") if restart is not None else None,
+            self._path_before(branch),
+        )
         train_metrics: dict[str, float] = {}
         sink: list[Params] | None = [] if observers else None
         try:
@@ -162,6 +171,7 @@ class StageLoop:
                     before = params
                     params, state, stats = st.integrator.step(params, state, problem, scale)
                     params = pruner.after_step(params)
+                    guard.watch(stats)
                     if sink:
                         grad = sink.pop()
                         sink.clear()
@@ -174,28 +184,32 @@ class StageLoop:
                     if step % chunk and step != cfg.steps:
                         continue
                     names = list(sums)
-                    values = torch.stack([sums[k].float() for k in names])
+                    watched = [guard.pending] if guard.pending is not None else []
+                    values = torch.stack([sums[k].float() for k in names] + watched)
                     finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
-                    if not finite:
-                        rollbacks += 1
-                        if rollbacks > comp.config.run.max_rollbacks:
-                            raise TraversalError(
-                                f"{where}: non-finite values at step {step} after "
-                                f"{rollbacks - 1} rollbacks; lower the step size"
-                            )
-                        params, state, step = good.params, good.state, good.step
-                        restore_objectives(good.objectives)
-                        pruner.restore(good.masks)
-                        ev.load_buffers(good.buffers)
-                        scale *= 0.5
-                        sums, count = {}, 0
-                        self.progress.line(
-                            f"{where}: non-finite values; rolled back to step {step}, "
-                            f"step scale now {scale:g}"
+                    problem_text = None if finite else "non-finite values"
+                    if finite:
+                        means = (values[: len(names)] / count).tolist()
+                        guard.settle(float(values[-1]) if watched else None)
+                        loss = means[names.index("loss/total")] if "loss/total" in names else None
+                        problem_text = guard.loss_problem(loss)
+                    if problem_text is not None:
+                        params, state, step, scale, rollbacks = self._roll_back(
+                            where,
+                            problem_text,
+                            step,
+                            good,
+                            state,
+                            scale,
+                            rollbacks,
+                            pruner,
+                            restore_objectives,
                         )
+                        sums, count = {}, 0
                         continue
-                    train_metrics = dict(zip(names, (values / count).tolist(), strict=True))
+                    train_metrics = dict(zip(names, means, strict=True))
                     train_metrics["step_scale"] = scale
+                    good_lengths = list(lengths)
                     train_metrics.update(
                         ev.path_measures(
                             st.metric, st.anchor_ref, memory.inputs, good.params, params, lengths
@@ -205,12 +219,30 @@ class StageLoop:
                         pruner.measures(params, st.objectives, step / cfg.steps, ev.evaluate)
                     )
                     sums, count = {}, 0
+                    if step == cfg.steps:
+                        good = last_good(params, state, step)
+                        self.position.step = step
+                        bar.update(step - bar.n)
+                        break  # the stage-end record below carries this chunk
+                    metrics = {**train_metrics, **ev.evaluate(params)}
+                    problem_text = guard.accuracy_problem(metrics, ev.majority)
+                    if problem_text is not None:
+                        lengths[:] = good_lengths
+                        params, state, step, scale, rollbacks = self._roll_back(
+                            where,
+                            problem_text,
+                            step,
+                            good,
+                            state,
+                            scale,
+                            rollbacks,
+                            pruner,
+                            restore_objectives,
+                        )
+                        continue
                     good = last_good(params, state, step)
                     self.position.step = step
                     bar.update(step - bar.n)
-                    if step == cfg.steps:
-                        break  # the stage-end record below carries this chunk
-                    metrics = {**train_metrics, **ev.evaluate(params)}
                     every = comp.config.run.save_every
                     point = (
                         rec.save(branch, si, cfg, step, params)
@@ -230,6 +262,7 @@ class StageLoop:
                             anchor_rel,
                             lengths=lengths,
                             anchor_buffers=anchor_buffers,
+                            guard_ref=guard.ref,
                         ),
                     )
                     self.notify(record)
@@ -258,6 +291,50 @@ class StageLoop:
             )
         finally:
             st.close()  # loader workers of streamed data stop here
+
+    def _path_before(self, branch: str) -> dict[str, float] | None:
+        """The metrics at the end of the path's previous stage (None at the path's start)."""
+        ends = [
+            r
+            for r in self.records.items
+            if r["kind"] == "stage_end" and r["branch"] in (branch, TRUNK)
+        ]
+        return ends[-1]["metrics"] if ends else None
+
+    def _roll_back(
+        self,
+        where: str,
+        reason: str,
+        step: int,
+        good: LastGood,
+        state: Any,
+        scale: float,
+        rollbacks: int,
+        pruner: Pruner,
+        restore_objectives: Callable[[list[dict[str, Tensor]]], None],
+    ) -> tuple[Params, Any, int, float, int]:
+        """Back to the last good chunk with the step halved (or stop, as configured)."""
+        run = self.comp.config.run
+        if reason != "non-finite values" and run.guard.action == "stop":
+            raise TraversalError(
+                f"{where}: {reason} at step {step}; stopped (run.guard.action: stop). The "
+                f"checkpoint holds step {good.step}: lower the step size and resume with "
+                "--resume DIR --set PATH=VALUE"
+            )
+        rollbacks += 1
+        if rollbacks > run.max_rollbacks:
+            raise TraversalError(
+                f"{where}: {reason} at step {step} after {rollbacks - 1} rollbacks; lower the "
+                "step size"
+            )
+        restore_objectives(good.objectives)
+        pruner.restore(good.masks)
+        self.comp.evaluator.load_buffers(good.buffers)
+        scale *= 0.5
+        self.progress.line(
+            f"{where}: {reason}; rolled back to step {good.step}, step scale now {scale:g}"
+        )
+        return good.params, good.state, good.step, scale, rollbacks
 
     def _finish(
         self,

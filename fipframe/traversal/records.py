@@ -9,6 +9,7 @@ Without a run directory everything stays in memory and nothing is saved.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class Commit:
     done: bool = False
     lengths: list[float] = field(default_factory=lambda: [0.0, 0.0])
     anchor_buffers: str | None = None  # the module's buffers at the stage's first point
+    guard_ref: float | None = None  # the stage's first-step loss (the divergence guard's)
 
 
 class Records:
@@ -79,14 +81,27 @@ class Records:
         self.ends: dict[tuple[str, str], tuple[Params, dict[str, Tensor]]] = {}
         self.seq = 0
         self.t0 = time.monotonic()
+        #: what every checkpoint carries besides the point: run id, config digest and config
+        self.stamp: dict[str, Any] = {}
 
     # -- resume ------------------------------------------------------------------------------
-    def restart(self) -> Restart:
-        """Read the checkpoint, drop the records it does not cover, continue their numbering."""
+    def read_restart(
+        self, check: Callable[[dict[str, Any]], None] = lambda meta: None
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Read the checkpoint, ``check`` its metadata (does it belong here?), then read the
+        records it covers; change nothing yet."""
         assert self.dir is not None
-        params, state, meta = self.dir.load_checkpoint(self.device)
+        tensors, meta = self.dir.read_checkpoint()
+        check(meta)
+        self.items = self.dir.records(upto=meta["seq"])
+        return tensors, meta
+
+    def restart(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Restart:
+        """Continue from a checkpoint read by :meth:`read_restart` (checked by then): drop the
+        records it does not cover, restore its RNG, continue the numbering."""
+        assert self.dir is not None
         self.dir.truncate_records(meta["seq"])
-        self.items = list(self.dir.records())
+        params, state, meta = self.dir.restore_checkpoint(tensors, meta, self.device)
         self.seq = meta["seq"] + 1
         return Restart(params, state, meta)
 
@@ -157,6 +172,7 @@ class Records:
         if self.dir is None:
             return
         meta = {
+            **self.stamp,
             "seq": self.seq - 1,  # the last record this checkpoint covers
             "branch": c.branch,
             "stage": c.stage,
@@ -167,6 +183,7 @@ class Records:
             "done": c.done,
             "lengths": list(c.lengths),
             "anchor_buffers": c.anchor_buffers,
+            "guard_ref": c.guard_ref,
         }
         self.dir.commit(params, c.state, meta)
 

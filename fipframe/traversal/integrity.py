@@ -1,0 +1,235 @@
+"""Which run a checkpoint belongs to, and which config changes a resume may make.
+
+A fresh run writes ``run.json`` with a random run id; every checkpoint carries that id, the
+sha256 of the resolved config and the config itself. Resuming compares them with the run
+directory and the config it is given:
+
+- a checkpoint from another run (its id differs) is refused;
+- a config that differs from the checkpoint's is refused unless each difference was asked
+  for with an override on this resume (``--set PATH=VALUE``) or the resume is forced;
+- even an override may not rewrite what already happened: the model, the data, the seed, the
+  dtype, the manifold, the memory, a stage that finished before the interruption, or what the
+  interrupted stage's saved optimiser state depends on (its step rule, optimiser, objectives,
+  metric kind, task, anchor, pruning, start point or name); ``--force`` lifts this except for
+  the interrupted stage's state, which cannot be carried into another step rule;
+- an accepted change is written into ``config.yaml`` and appended to ``changes.jsonl``
+  (when, at which point, which fields from what to what, which overrides, forced or not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from fipframe.errors import RunDirError
+from fipframe.traversal.artifact import CHANGES, RUN, RunDir
+
+GLOBAL = ("name", "model", "data", "manifold", "memory", "run.seed", "run.dtype")
+STATEFUL = (
+    "integrator.kind",
+    "integrator.optimizer",
+    "objectives",
+    "metric.kind",
+    "metric",
+    "task",
+    "anchor",
+    "prune",
+    "start_from",
+    "name",
+)
+
+
+def digest(config: Any) -> str:
+    """sha256 of the resolved config (canonical JSON)."""
+    text = json.dumps(config.dump(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def start(rd: RunDir) -> str:
+    """Write ``run.json`` for a fresh run; its id."""
+    run_id = uuid.uuid4().hex
+    rd.write_json(
+        RUN,
+        {
+            "run_id": run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(),
+        },
+    )
+    return run_id
+
+
+def run_id(rd: RunDir) -> str | None:
+    info = rd.read_json(RUN)
+    return info.get("run_id") if isinstance(info, dict) else None
+
+
+def check_run(rd: RunDir, meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint made by another run."""
+    rid = run_id(rd)
+    if meta.get("run_id") and rid and meta["run_id"] != rid:
+        raise RunDirError(
+            f"{rd.root / 'checkpoint.safetensors'}: belongs to run {meta['run_id'][:12]}, not to "
+            f"this directory's run {rid[:12]} ({rd.root / RUN}); a run directory is moved or "
+            "copied whole, never a checkpoint alone"
+        )
+
+
+def stamp(config: Any, rid: str | None) -> dict[str, Any]:
+    """What every checkpoint of this run carries."""
+    return {"run_id": rid, "config_digest": digest(config), "config": config.dump()}
+
+
+def diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Leaf differences of two JSON-like values, as (dotted path, old, new)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in dict.fromkeys([*old, *new]):
+            sub = f"{path}.{key}" if path else str(key)
+            out += diff(old.get(key, _ABSENT), new.get(key, _ABSENT), sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += diff(a, b, f"{path}.{i}")
+        return out
+    return [] if old == new else [(path, old, new)]
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _where(path: str, config: dict[str, Any]) -> tuple[str, int] | None:
+    """(branch, stage index) of a stage path (``stages.1...``, ``branches.fip.0...``)."""
+    parts = path.split(".")
+    if parts[0] == "stages" and len(parts) > 1 and parts[1].isdigit():
+        return "trunk", int(parts[1])
+    if parts[0] == "branches" and len(parts) > 2 and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+def check(
+    rd: RunDir,
+    config: Any,
+    meta: dict[str, Any],
+    *,
+    overrides: Iterable[str] = (),
+    force: bool = False,
+) -> list[tuple[str, Any, Any]]:
+    """Refuse a config change resume may not make; the accepted changes (empty when the
+    config is the checkpoint's)."""
+    if "config" not in meta or meta.get("config_digest") == digest(config):
+        return []
+    if _recorded(rd, meta["config_digest"], digest(config)):
+        return []  # a change accepted by an earlier resume, before its first new checkpoint
+    old, new = meta["config"], config.dump()
+    changes = diff(old, new)
+    keys = [o.split("=", 1)[0] for o in overrides]
+    order = ["trunk", *old.get("branches", {})]
+    at_branch, at_stage, done = meta["branch"], int(meta["stage"]), bool(meta.get("done"))
+    problems = []
+    for path, a, b in changes:
+        show = f"{path}: {_short(a)} -> {_short(b)}"
+        asked = any(_within(path, k) for k in keys)
+        if not asked and not force:
+            problems.append(
+                f"{show} differs from the config the checkpoint was made with (config.yaml "
+                "edited, or another config given); resume with --set "
+                f"{path}={_short(b)} to change it deliberately, or --force"
+            )
+            continue
+        if any(_within(path, g) for g in GLOBAL) and not force:
+            problems.append(f"{show}: the {path.split('.')[0]} of a run cannot change on resume")
+            continue
+        where = _where(path, old)
+        if where is None:
+            continue  # run settings, loggers, new branches: what comes next
+        branch, si = where
+        if branch not in order:
+            continue  # a branch added after the others
+        finished = order.index(branch) < order.index(at_branch) or (
+            branch == at_branch and (si < at_stage or (si == at_stage and done))
+        )
+        if finished and not force:
+            problems.append(
+                f"{show}: {branch}/{si} finished before the interruption; a resume cannot "
+                "change what already ran (--force to record it anyway)"
+            )
+        prefix = f"stages.{si}" if branch == "trunk" else f"branches.{branch}.{si}"
+        current = branch == at_branch and si == at_stage and not done
+        rest = path[len(prefix) + 1 :]
+        if current and any(_within(rest, s) for s in STATEFUL):
+            problems.append(
+                f"{show}: the interrupted stage's saved state belongs to its {rest}; it "
+                "cannot change mid-stage (start a new run or add a branch)"
+            )
+        if current and rest == "steps" and isinstance(b, int) and b < int(meta["step"]):
+            problems.append(f"{show}: the interrupted stage is already at step {meta['step']}")
+    if problems:
+        raise RunDirError([f"{rd.root}: cannot resume: {p}" for p in problems])
+    return changes
+
+
+def record(
+    rd: RunDir,
+    config: Any,
+    meta: dict[str, Any],
+    changes: list[tuple[str, Any, Any]],
+    overrides: Iterable[str],
+    force: bool,
+) -> None:
+    """Write the changed config into config.yaml and the change into changes.jsonl."""
+    rd.append_line(
+        CHANGES,
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "checkpoint_seq": meta["seq"],
+            "at": {"branch": meta["branch"], "stage": meta["stage"], "step": meta["step"]},
+            "overrides": list(overrides),
+            "forced": force,
+            "changed": {p: [_jsonable(a), _jsonable(b)] for p, a, b in changes},
+            "digest": {"from": meta["config_digest"], "to": digest(config)},
+        },
+    )
+    rd.write_text("config.yaml", yaml.safe_dump(config.dump(), sort_keys=False))
+
+
+def _recorded(rd: RunDir, old: str, new: str) -> bool:
+    path = rd.root / CHANGES
+    if not path.exists():
+        return False
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        d = entry.get("digest", {}) if isinstance(entry, dict) else {}
+        if d.get("from") == old:
+            return d.get("to") == new
+    return False
+
+
+def _jsonable(value: Any) -> Any:
+    return None if value is _ABSENT else value
+
+
+def _short(value: Any) -> str:
+    text = "(absent)" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
