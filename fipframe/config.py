@@ -395,6 +395,21 @@ def _path(loc: Sequence[Any], registry: Registry) -> str:
 
 # -- reference --------------------------------------------------------------------------------
 def _type_name(annotation: Any) -> str:
+    from typing import get_args
+
+    from fipframe.core.configs import NonNegative, Positive, RunFile, Scheduled, Width
+
+    for alias, name in (
+        (Positive, "number > 0 or Ramp"),
+        (NonNegative, "number >= 0 or Ramp"),
+        (Scheduled, "number or Ramp"),
+    ):
+        if annotation == get_args(alias)[0]:
+            return name
+    if annotation == list[Width]:
+        return "list of int (1 to 2^20)"
+    if annotation == RunFile:
+        return "file in the run directory"
     plain = isinstance(annotation, type) and get_origin(annotation) is None
     text = annotation.__name__ if plain else str(annotation)
     for long, short in (

@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from fipframe.core.params import Params
@@ -100,25 +99,66 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, 
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
         cpu[k] = t.clone() if key in seen and t.numel() else t
         seen.add(key)
-    blob = save_bytes(cpu, metadata={"fipframe": json.dumps(meta)})
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    data = memoryview(blob)[8 + n :]
-    header["__metadata__"][SHA_KEY] = _digest(header, data)
+    _write_safetensors(path, cpu, json.dumps(meta))
+
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, Tensor], meta: str) -> None:
+    """The safetensors format (8-byte header length, JSON header, data), written tensor by
+    tensor with no in-memory copy of the file, and the checksum in its metadata."""
+    header: dict[str, Any] = {}
+    views, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}: cannot save dtype {t.dtype}")
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        views.append(memoryview(raw).cast("B") if size else b"")
+        offset += size
+    header["__metadata__"] = {"fipframe": meta}
+    header["__metadata__"][SHA_KEY] = _digest(header, views)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned
     with _atomic(path) as tmp, open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little"))
         f.write(text)
-        f.write(data)
+        for v in views:
+            f.write(v)
 
 
-def _digest(header: dict[str, Any], data: memoryview | bytes) -> str:
+def _digest(header: dict[str, Any], pieces: list[Any]) -> str:
+    """sha256 over the tensor index, the fipframe metadata and the sha256 of each tensor's
+    bytes, in file order (one pass over the data; written and checked the same way)."""
     index = {k: v for k, v in header.items() if k != "__metadata__"}
     h = hashlib.sha256(json.dumps(index, sort_keys=True).encode())
     h.update(header.get("__metadata__", {}).get("fipframe", "").encode())
-    h.update(data)
+    for piece in pieces:
+        h.update(hashlib.sha256(piece).digest())
     return h.hexdigest()
+
+
+def _pieces(header: dict[str, Any], data: memoryview) -> list[memoryview]:
+    spans = sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__")
+    return [data[a:b] for a, b in spans]
 
 
 def _label(path: Path) -> str:
@@ -148,7 +188,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         header = json.loads(blob[8 : 8 + n])
         meta_raw = (header.get("__metadata__") or {}).get("fipframe", "{}")
         stored = (header.get("__metadata__") or {}).get(SHA_KEY)
-        if stored is not None and stored != _digest(header, memoryview(blob)[8 + n :]):
+        data = memoryview(blob)[8 + n :]
+        if stored is not None and stored != _digest(header, _pieces(header, data)):
             raise ValueError("its contents do not match its sha256 (changed since written)")
         tensors = load_bytes(blob)
         meta = json.loads(meta_raw)

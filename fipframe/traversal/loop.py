@@ -159,6 +159,14 @@ class StageLoop:
         )
         train_metrics: dict[str, float] = {}
         sink: list[Params] | None = [] if observers else None
+
+        def roll_back(reason: str) -> None:
+            nonlocal params, state, step, scale, rollbacks, sums, count
+            params, state, step, scale, rollbacks = self._roll_back(
+                where, reason, step, good, state, scale, rollbacks, pruner, restore_objectives
+            )
+            sums, count = {}, 0
+
         try:
             with self.progress.bar(where, cfg.steps, step) as bar:
                 comp.adapter.train(True)
@@ -194,18 +202,7 @@ class StageLoop:
                         loss = means[names.index("loss/total")] if "loss/total" in names else None
                         problem_text = guard.loss_problem(loss)
                     if problem_text is not None:
-                        params, state, step, scale, rollbacks = self._roll_back(
-                            where,
-                            problem_text,
-                            step,
-                            good,
-                            state,
-                            scale,
-                            rollbacks,
-                            pruner,
-                            restore_objectives,
-                        )
-                        sums, count = {}, 0
+                        roll_back(problem_text)
                         continue
                     train_metrics = dict(zip(names, means, strict=True))
                     train_metrics["step_scale"] = scale
@@ -228,17 +225,7 @@ class StageLoop:
                     problem_text = guard.accuracy_problem(metrics, ev.majority)
                     if problem_text is not None:
                         lengths[:] = good_lengths
-                        params, state, step, scale, rollbacks = self._roll_back(
-                            where,
-                            problem_text,
-                            step,
-                            good,
-                            state,
-                            scale,
-                            rollbacks,
-                            pruner,
-                            restore_objectives,
-                        )
+                        roll_back(problem_text)
                         continue
                     good = last_good(params, state, step)
                     self.position.step = step
