@@ -121,9 +121,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.table())
-    out = result.plot(Path(args.run_dir) / "accuracy.png")
-    print(f"\nplot: {out}")
-    problems = RunDir(args.run_dir).audit(result.records, None)
+    rd = RunDir(args.run_dir)
+    if rd.busy():  # another process is writing the run: read, but do not write into it
+        print("\nplot not written: the run is in use (see its .lock); report it when it ends")
+    else:
+        out = result.plot(Path(args.run_dir) / "accuracy.png")
+        print(f"\nplot: {out}")
+    problems = rd.audit(result.records, None)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return EXIT_CONFIG if problems else 0

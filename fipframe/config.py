@@ -183,7 +183,7 @@ class MemoryConfig(_Frozen):
 class StageBase(_Frozen):
     """One stage of a path: a step rule, objectives and a metric for some number of steps."""
 
-    name: str = Field(pattern=NAME, description="unique within its branch")
+    name: str = Field(pattern=NAME, max_length=100, description="unique within its branch")
     task: int | None = Field(
         None, ge=0, le=10**6, description="index of the task learned in this stage"
     )
@@ -223,7 +223,7 @@ class RunBase(_Frozen):
     registry: ClassVar[Registry]
     plugin_manager: ClassVar[Any]
 
-    name: str = Field("run", pattern=NAME)
+    name: str = Field("run", pattern=NAME, max_length=100)
     memory: MemoryConfig = MemoryConfig()
     run: RunSettings = RunSettings()
 
@@ -295,7 +295,10 @@ def config_model(registry: Registry, pm: Any = None) -> type[RunBase]:
         ),
         stages=(list[stage], Field(min_length=1, description="shared stages, in order")),
         branches=(
-            dict[Annotated[str, Field(pattern=NAME)], Annotated[list[stage], Field(min_length=1)]],
+            dict[
+                Annotated[str, Field(pattern=NAME, max_length=100)],
+                Annotated[list[stage], Field(min_length=1)],
+            ],
             Field(default_factory=dict, description="named continuations of the stages"),
         ),
         loggers=(list[_slot(registry, "logger")], Field(default_factory=list)),
@@ -321,12 +324,14 @@ def validate(
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
         raise ConfigError(problems, source) from None
     if pm is not None:
-        problems = [
-            p
-            for batch in pm.hook.fipframe_check_config(config=config, registry=registry)
-            if batch
-            for p in batch
-        ]
+        from fipframe.plugins import call_hook
+
+        problems: list[str] = []
+        batches = call_hook(
+            pm, "fipframe_check_config", ConfigError, config=config, registry=registry
+        )
+        for batch in batches:
+            problems += [batch] if isinstance(batch, str) else [str(p) for p in batch]
         if problems:
             raise ConfigError(problems, source)
     return config
@@ -350,6 +355,8 @@ def _format(err: Mapping[str, Any], registry: Registry) -> str:
         family = _family_of(err["loc"])
         valid = registry.kinds(family) if family else []
         return f"{path}: missing 'kind' (one of: {', '.join(valid)})"
+    if kind == "too_large":
+        return f"{path}.{ctx['field']}: {ctx['value']} is beyond float32's range (at most 1e30)"
     if kind == "bool_number":
         return f"{path}.{ctx['field']}: expected a number, got a boolean ({ctx['value']})"
     if kind == "extra_forbidden":

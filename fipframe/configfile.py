@@ -64,18 +64,23 @@ class _Loader(yaml.SafeLoader):
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: dict[Any, int] = {}
+    seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
+        mark = key_node.start_mark
         try:
-            first = seen.setdefault(key, line)
+            first = seen.setdefault(key, mark)
         except TypeError:  # an unhashable key; the constructor reports it
             continue
-        if first != line:
-            raise ConfigError(f"duplicate key {key!r} at line {line} (first at line {first})")
+        if first is not mark:
+            where = f"line {mark.line + 1}"
+            if first.line == mark.line:
+                where += f", column {mark.column + 1} (first at column {first.column + 1})"
+            else:
+                where += f" (first at line {first.line + 1})"
+            raise ConfigError(f"duplicate key {key!r} at {where}")
     return loader.construct_mapping(node, deep=deep)
 
 

@@ -177,7 +177,7 @@ def make_plugin_manager(
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take others down
                 pm.failures.append(PluginFailure(name, dist, _describe(exc)))
                 continue
             version = ep.dist.version if ep.dist else None
@@ -273,6 +273,27 @@ def _failure(pm: FipPluginManager, name: str, error: str) -> PluginFailure:
         pm.unregister(name=name)
         del pm.sources[name]
     return PluginFailure(name, src.dist if src else None, error)
+
+
+def call_hook(pm: Any, name: str, error: type[Exception], what: str = "", **kwargs: Any) -> list:
+    """Call every implementation of hook ``name`` (in pluggy's order) and collect the results;
+    an implementation that raises becomes ``error`` naming its plugin (pluggy's own call
+    would give a bare traceback). Hook wrappers need pluggy's call and get it."""
+    caller = getattr(pm.hook, name)
+    impls = caller.get_hookimpls()
+    if any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False) for i in impls):
+        return list(caller(**kwargs))
+    results = []
+    for impl in reversed(impls):  # pluggy calls the last registered first
+        try:
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as exc:
+            raise error(
+                f"plugin {impl.plugin_name!r}: {name} failed ({_describe(exc)}){what}"
+            ) from exc
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def load(

@@ -12,7 +12,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fipframe.core.adapter import ArchitectureAdapter
@@ -181,6 +181,12 @@ class ViTConfig(AdapterConfig):
     mlp: Width = Field(128, description="width of each block's MLP")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ViTConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
 
 def build_vit(
     cfg: ViTConfig, *, input_shape: tuple[int, ...], num_classes: int
@@ -194,8 +200,6 @@ def build_vit(
             f"model.patch_size: {cfg.patch_size} must divide the square image side "
             f"(inputs are {h}x{w})"
         )
-    if cfg.hidden % cfg.heads:
-        raise ConfigError(f"model.hidden: {cfg.hidden} is not a multiple of heads ({cfg.heads})")
     net = VisionTransformer(
         image_size=h,
         patch_size=cfg.patch_size,

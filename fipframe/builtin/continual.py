@@ -95,13 +95,13 @@ class JointCE(SecondaryObjective):
 class EWCConfig(PluginConfig):
     kind: Literal["ewc"] = "ewc"
     weight: NonNegative = Field(100.0, description="lambda: strength of the quadratic penalty")
-    samples: int = Field(256, ge=1, description="training inputs per task for its Fisher")
+    samples: int = Field(256, ge=1, le=10**7, description="training inputs per task for its Fisher")
     fisher: Literal["sampled", "exact"] = Field(
         "sampled",
         description="sampled: one label per input drawn from the model (unbiased, one gradient "
         "per input); exact: the KL metric's diagonal (a Jacobian per input, classes x dearer)",
     )
-    chunk: int = Field(32, ge=1, description="inputs per batch of per-sample gradients")
+    chunk: int = Field(32, ge=1, le=10**6, description="inputs per batch of per-sample gradients")
 
 
 class EWC(SecondaryObjective):

@@ -69,7 +69,7 @@ class PermutedMNISTConfig(PluginConfig):
     kind: Literal["permuted_mnist"] = "permuted_mnist"
     n_tasks: int = Field(10, ge=1, le=100, description="number of pixel permutations")
     first_identity: bool = Field(True, description="task 0 is plain MNIST")
-    permutation_seed: int = Field(0, ge=0, description="seed of the permutations")
+    permutation_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the permutations")
     source: Literal["auto", "hub", "torchvision"] = "auto"
     root: str = "~/.cache/fipframe/data"
     download: bool = True

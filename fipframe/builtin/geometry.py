@@ -45,8 +45,8 @@ class NaturalConfig(PluginConfig):
 class ProjectedConfig(PluginConfig):
     kind: Literal["projected"] = "projected"
     eps: Positive = Field(0.01, description="length of each step")
-    rank: int = Field(20, ge=1, description="eigenvectors of g projected out")
-    refresh: int = Field(50, ge=1, description="steps between Lanczos refreshes")
+    rank: int = Field(20, ge=1, le=10**4, description="eigenvectors of g projected out")
+    refresh: int = Field(50, ge=1, le=10**9, description="steps between Lanczos refreshes")
     lanczos_iters: int | None = Field(None, ge=2, description="Lanczos iterations (2 rank + 10)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="momentum on the step direction")
 

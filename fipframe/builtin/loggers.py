@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fipframe.core.configs import PluginConfig, RunFile
+from fipframe.core.configs import RESERVED, RESERVED_DIRS, PluginConfig, RunFile
 from fipframe.core.logger import Logger
 from fipframe.errors import ConfigError
 from fipframe.plugins import hookimpl
@@ -36,31 +36,41 @@ class CSVLogger(Logger):
         path = (root / config.filename).resolve()
         if root not in path.parents:  # a symlink inside the run pointing out of it
             raise ConfigError(f"loggers: csv filename {config.filename!r} resolves outside {root}")
+        own = path.relative_to(root).as_posix()
+        if own.split("/")[0] in RESERVED or own.split("/")[0] in RESERVED_DIRS:
+            raise ConfigError(  # a symlink inside the run pointing at one of its own files
+                f"loggers: csv filename {config.filename!r} resolves to the run's own {own}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
+        self._new = new
         self._file = path.open("a", newline="")
         self._writer = csv.writer(self._file)
         if new:
             self._writer.writerow(HEADER)
             self._file.flush()
 
-    def replay(self, records: list[dict[str, Any]]) -> None:
-        """Rows of records a kill kept from this file: the first missed record may be partly
-        written (killed mid-record), so its rows and a torn last line are cut, then all are
-        written in full."""
+    def replay(self, records: list[dict[str, Any]], delivered: int) -> None:
+        """Make the file hold exactly the rows of the committed records: a file that is gone
+        is rebuilt from all of them; otherwise a torn last line and the rows of a
+        half-written record are cut and the records after ``delivered`` written in full."""
         self._file.close()
-        lines = self.path.read_text().splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines.pop()  # torn by the kill
-        first = records[0]
-        key = [str(first["global_step"]), first["branch"], first["stage"], str(first["step"])]
-        while len(lines) > 1 and next(csv.reader([lines[-1]]))[:4] == key:
-            lines.pop()
-        atomic_write_bytes(self.path, "".join(lines).encode())
+        # a file deleted (or never written) is rebuilt whole
+        todo = records if self._new else [r for r in records if r["seq"] > delivered]
+        if todo and not self._new:
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            if lines and not lines[-1].endswith(b"\n"):
+                lines.pop()  # torn by the kill
+            first = todo[0]
+            key = [str(first["global_step"]), first["branch"], first["stage"], str(first["step"])]
+            while len(lines) > 1 and next(csv.reader([lines[-1].decode()]))[:4] == key:
+                lines.pop()
+            atomic_write_bytes(self.path, b"".join(lines))
         self._file = self.path.open("a", newline="")
         self._writer = csv.writer(self._file)
-        super().replay(records)
+        for record in todo:
+            self.log(record)
 
     def log(self, record: dict[str, Any]) -> None:
         for name, value in record["metrics"].items():

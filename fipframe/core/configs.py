@@ -29,6 +29,26 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+MAX_MAGNITUDE = 1e30  # every number becomes a float32 tensor somewhere (its max: 3.4e38)
+
+#: the files fipframe writes in a run directory; no plugin file may be one of them
+RESERVED = frozenset(
+    {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "summary.json",
+        "results.txt",
+        "accuracy.png",
+        "run.json",
+        "origin.json",
+        "plugins.json",
+        "changes.jsonl",
+        "delivered.json",
+    }
+)
+RESERVED_DIRS = ("points", "export")
+
 
 def _numeric(annotation: Any) -> bool:
     """Does this annotation accept numbers but not booleans?"""
@@ -78,6 +98,19 @@ class ConfigModel(BaseModel):
                     {"field": name, "value": str(value).lower()},
                 )
         return data
+
+    @model_validator(mode="after")
+    def _float32_range(self) -> Any:
+        for name, value in self.__dict__.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if isinstance(v, float) and abs(v) > MAX_MAGNITUDE:
+                    raise PydanticCustomError(
+                        "too_large",
+                        "{field}: {value} is beyond float32's range (at most 1e30 in size)",
+                        {"field": name, "value": f"{v:g}"},
+                    )
+        return self
 
 
 class PluginConfig(ConfigModel):
@@ -168,6 +201,13 @@ def _inside_run_dir(name: str) -> str:
             )
     if not name.strip() or name.strip() in {".", "/"}:
         raise ValueError("must name a file inside the run directory")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if parts[0] in RESERVED or parts[0] in RESERVED_DIRS or any(p.startswith(".") for p in parts):
+        raise ValueError(
+            f"{name!r} is one of fipframe's own files or folders in the run directory "
+            f"({', '.join(sorted(RESERVED))}, {'/, '.join(RESERVED_DIRS)}/, hidden files); "
+            "choose another name"
+        )
     return name
 
 

@@ -14,11 +14,13 @@ class Logger(ABC):
     def log(self, record: dict[str, Any]) -> None:
         """One chunk: ``{"branch", "stage", "step", "global_step", "metrics": {...}}``."""
 
-    def replay(self, records: list[dict[str, Any]]) -> None:
-        """Records committed before an interruption that this sink was not given (resume).
-        The default logs each; a sink that can see what it already holds may skip those."""
+    def replay(self, records: list[dict[str, Any]], delivered: int) -> None:
+        """On resume: every committed record, of which those with ``seq <= delivered`` were
+        given to the sinks before the interruption. The default logs the others; a sink that
+        can see what it holds (a file) may check it instead."""
         for record in records:
-            self.log(record)
+            if record["seq"] > delivered:
+                self.log(record)
 
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Flush and release resources."""

@@ -24,7 +24,12 @@ class OptimizerConfig(PluginConfig):
     name: Literal["adam", "sgd"] = Field("adam", description="adam or sgd (with momentum)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum / adam beta1")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="adam beta2")
-    eps: float = Field(1e-8, gt=0.0, description="adam epsilon")
+    eps: float = Field(
+        1e-8,
+        gt=0.0,
+        le=1.0,
+        description="adam epsilon (at most 1: larger turns Adam into SGD at lr / eps)",
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay added to the gradient")
 
 

@@ -57,7 +57,7 @@ class RunResult:
     def load(cls, run_dir: str | Path) -> RunResult:
         """Rebuild the result of a (possibly unfinished) run from its directory."""
         from fipframe.errors import RunDirError
-        from fipframe.traversal.artifact import METRICS, RunDir
+        from fipframe.traversal.artifact import CHECKPOINT, METRICS, RunDir, read_tensors
 
         root = Path(run_dir)
         if not (root / METRICS).exists():
@@ -65,7 +65,15 @@ class RunResult:
 
             raise ConfigError(f"{root}: not a run directory (no {METRICS})")
         rd = RunDir(root)
+        covered = None
+        if (root / CHECKPOINT).exists():  # read first: its records were written before it
+            covered = read_tensors(root / CHECKPOINT)[1]["seq"]
         records = rd.records()
+        if covered is not None and not any(r["seq"] == covered for r in records):
+            raise RunDirError(
+                f"{root / METRICS}: record seq {covered}, which the checkpoint covers, is "
+                "missing; the records were cut or edited"
+            )
         names: list[str] = []
         try:
             summary = rd.read_json("summary.json")

@@ -16,7 +16,8 @@
       changes.jsonl          every config change accepted on resume (what, when, forced or not)
       delivered.json         the last record every logger was given (rows replayed on resume)
       summary.json, accuracy.png   written at the end (and by ``fipframe report``)
-      .lock                  held (flock) by the one process writing the run; names its pid/host
+      .lock                  names the one process writing the run (pid, host); the lock itself
+                             is a flock on the directory, held from the first write to the last
 
 Every file is written atomically (temporary file, fsync, rename). The checkpoint is written
 last at each chunk end and is the single source of truth on resume: metrics records past it
@@ -57,6 +58,13 @@ DELIVERED = "delivered.json"
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
 SHA_KEY = "fipframe.sha256"
+FILE_FIELDS = ("point", "carry", "buffers", "start", "start_buffers")  # files records name
+
+
+def _inside(rel: Any) -> bool:
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        return False
+    return ".." not in Path(rel).parts
 
 
 def _umask() -> int:
@@ -80,6 +88,11 @@ def _atomic(path: Path) -> Iterator[str]:
             os.fsync(f.fileno())
         os.chmod(tmp, _MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -169,11 +182,14 @@ def _label(path: Path) -> str:
     return str(path)
 
 
-def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def read_tensors(
+    path: str | Path, *, require_sha: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and fipframe metadata of a safetensors file, its checksum verified.
 
     Raises RunDirError naming the file if it is missing, truncated, not safetensors, or its
-    contents differ from the checksum written with them."""
+    contents differ from the checksum written with them (``require_sha``: or it has none, as
+    every file of a run made by this version has)."""
     path = Path(path)
     try:
         blob = path.read_bytes()
@@ -189,6 +205,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta_raw = (header.get("__metadata__") or {}).get("fipframe", "{}")
         stored = (header.get("__metadata__") or {}).get(SHA_KEY)
         data = memoryview(blob)[8 + n :]
+        if stored is None and require_sha:
+            raise ValueError(f"no {SHA_KEY} in its metadata (it was not written by fipframe)")
         if stored is not None and stored != _digest(header, _pieces(header, data)):
             raise ValueError("its contents do not match its sha256 (changed since written)")
         tensors = load_bytes(blob)
@@ -268,13 +286,18 @@ class RunDir:
         self.clean_temp()
 
     def lock(self) -> None:
-        """Take the run's exclusive lock (released by the OS if the process dies)."""
-        path = self.root / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the run's exclusive lock (released by the OS if the process dies).
+
+        The lock is on the directory itself, so deleting ``.lock`` cannot let a second writer
+        in; ``.lock`` only names the holder for the message the second one gets."""
+        fd = _open_for_lock(self.root)
         try:
             _flock(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            try:
+                holder = (self.root / LOCK).read_text(errors="replace").strip()
+            except OSError:
+                holder = ""
             os.close(fd)
             try:
                 who = json.loads(holder)
@@ -290,9 +313,19 @@ class RunDir:
             "host": socket.gethostname(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        (self.root / LOCK).write_text(json.dumps(info))
         self._lock = fd
+
+    def busy(self) -> bool:
+        """Is another process writing this run now?"""
+        if self._lock is not None:
+            return False
+        try:
+            self.lock()
+        except RunDirError:
+            return True
+        self.unlock()
+        return False
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -360,6 +393,7 @@ class RunDir:
             lines = lines[:-1]
         out: list[dict[str, Any]] = []
         problems: list[str] = []
+        last_seq = -1
         for number, line in enumerate(lines, start=1):
             if upto is not None and out and out[-1]["seq"] == upto:
                 extra = len(lines) - number + 1
@@ -372,7 +406,11 @@ class RunDir:
                 for key, kind in (("seq", int), ("kind", str), ("branch", str), ("metrics", dict)):
                     if not isinstance(record.get(key), kind):
                         raise ValueError(f"no valid {key!r}")
-                expected = out[-1]["seq"] + 1 if out else 0
+                for key in FILE_FIELDS:
+                    if record.get(key) is not None and not _inside(record[key]):
+                        raise ValueError(f"{key!r} is not a file inside the run directory")
+                expected = last_seq + 1
+                last_seq = record["seq"]  # resynchronise: one damaged line is one problem
                 if record["seq"] != expected:
                     raise ValueError(f"seq {record['seq']} where {expected} was expected")
             except (ValueError, UnicodeDecodeError) as exc:
@@ -437,23 +475,50 @@ class RunDir:
         missing or damaged file."""
         names: list[str] = []
         for r in records:
-            names += [r[k] for k in ("point", "carry", "buffers") if r.get(k)]
+            names += [r[k] for k in FILE_FIELDS if r.get(k)]
         if meta is not None:
             names += [meta[k] for k in ("anchor", "anchor_buffers") if meta.get(k)]
         if (self.root / FIXED).exists():
             names.append(FIXED)
+        # every point file there is, named by a record or not (a start point, a carry)
+        names += sorted(f"points/{p.name}" for p in (self.root / "points").glob("*.safetensors"))
+        checked = (self.root / RUN).exists()  # a run of this version: every file has a sha256
         problems = []
         for rel in dict.fromkeys(names):
             try:
-                read_tensors(self.root / rel)
+                read_tensors(self.root / rel, require_sha=checked)
             except RunDirError as exc:
                 problems += exc.problems
-        for name in (RUN, "origin.json", DELIVERED):
+        for name in (RUN, "origin.json"):
             try:
                 self.read_json(name)
             except RunDirError as exc:
                 problems += exc.problems
+        try:
+            self.delivered(records[-1]["seq"] if records else -1)
+        except RunDirError as exc:
+            problems += exc.problems
         return problems
+
+    def delivered(self, last: int) -> int | None:
+        """The last record every logger was given (None: not kept); checked against ``last``,
+        the last committed record."""
+        info = self.read_json(DELIVERED)
+        if info is None:
+            return None
+        seq = info.get("seq") if isinstance(info, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or not -1 <= seq <= last:
+            raise RunDirError(
+                f'{self.root / DELIVERED}: damaged (expected {{"seq": N}} with -1 <= N <= '
+                f"{last}, the last committed record; got {json.dumps(info)[:60]})"
+            )
+        return seq
+
+
+def _open_for_lock(root: Path) -> int:
+    if os.name == "nt":  # a directory cannot be opened for locking there: use the file
+        return os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    return os.open(root, os.O_RDONLY)
 
 
 def _flock(fd: int) -> None:

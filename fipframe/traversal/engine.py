@@ -22,6 +22,7 @@ from torch import nn
 
 from fipframe.errors import RunDirError, TraversalError
 from fipframe.eval.results import RunResult, stage_names
+from fipframe.plugins import call_hook
 from fipframe.traversal import integrity, origin
 from fipframe.traversal.artifact import CHANGES, DELIVERED, FIXED, RunDir
 from fipframe.traversal.build import Components, build_components, resolve_device
@@ -144,10 +145,12 @@ class Traversal:
             self.loggers = [
                 self.registry.build("logger", c, run_dir=rd.root) for c in self.config.loggers
             ]
+            if self.loggers and restart is None:
+                rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
             if restart is not None:
                 self._replay(rd, records.items)
         loop = StageLoop(self.components, records, progress, self._notify, self.position)
-        self.pm.hook.fipframe_traversal_start(run=self)
+        self._hook("fipframe_traversal_start", run=self)
         try:
             Walk(self.components, records, loop).run(restart)
         finally:
@@ -160,20 +163,18 @@ class Traversal:
         result.fixed = self._fixed()
         if rd is not None:
             result.save()
-        self.pm.hook.fipframe_traversal_end(run=self, result=result)
+        self._hook("fipframe_traversal_end", run=self, result=result)
         return result
 
     def _replay(self, rd: RunDir, items: list[dict[str, Any]]) -> None:
         """Give the loggers the committed records they did not get (killed between a commit
         and its notification): a sink never loses rows."""
-        delivered = rd.read_json(DELIVERED)
-        if not isinstance(delivered, dict) or not self.loggers:
-            return
-        missed = [r for r in items if r["seq"] > int(delivered.get("seq", -1))]
-        if missed:
-            for logger in self.loggers:
-                logger.replay(missed)
-            rd.write_json(DELIVERED, {"seq": missed[-1]["seq"]})
+        delivered = rd.delivered(items[-1]["seq"] if items else -1)  # checked by the audit
+        if not self.loggers or not items or delivered is None:
+            return  # no record of deliveries: a run from before they were kept
+        for logger in self.loggers:
+            logger.replay(items, delivered)
+        rd.write_json(DELIVERED, {"seq": items[-1]["seq"]})
 
     def _fixed(self) -> dict[str, Any]:
         """The module's parameters that are not traversable (frozen), as they are."""
@@ -191,9 +192,17 @@ class Traversal:
             logger.log(record)
         if self.loggers and self.dir is not None:
             self.dir.write_json(DELIVERED, {"seq": record["seq"]})
-        self.pm.hook.fipframe_chunk_end(
-            run=self, step=record["global_step"], metrics=record["metrics"]
+        self._hook(
+            "fipframe_chunk_end", run=self, step=record["global_step"], metrics=record["metrics"]
         )
+
+    def _hook(self, name: str, **kwargs: Any) -> None:
+        where = f" {self.dir.root}" if self.dir is not None else " DIR"
+        saved = (
+            "; the run is saved up to its last chunk: fix the plugin or disable it "
+            f"(FIPFRAME_DISABLE_PLUGINS), then resume with --resume{where}"
+        )
+        call_hook(self.pm, name, TraversalError, saved, **kwargs)
 
     def _plugin_versions(self) -> dict[str, Any]:
         return {

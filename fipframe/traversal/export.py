@@ -34,7 +34,7 @@ from fipframe.core.sparsity import (
     unit_scores,
     usable_groups,
 )
-from fipframe.errors import TraversalError
+from fipframe.errors import ConfigError
 from fipframe.traversal.artifact import RunDir, load_point
 from fipframe.traversal.origin import reopen
 
@@ -42,13 +42,13 @@ from fipframe.traversal.origin import reopen
 def _stage_end(run_dir: Path, branch: str | None, stage: str | None) -> dict[str, Any]:
     ends = [r for r in RunDir(run_dir).records() if r["kind"] == "stage_end"]
     if not ends:
-        raise TraversalError(f"{run_dir}: no finished stage to export")
+        raise ConfigError(f"{run_dir}: no finished stage to export")
     branches = list(dict.fromkeys(r["branch"] for r in ends))
     branch = branch or branches[-1]
     mine = [r for r in ends if r["branch"] == branch and (stage is None or r["stage"] == stage)]
     if not mine:
         what = f"stage {stage!r} of branch {branch!r}" if stage else f"branch {branch!r}"
-        raise TraversalError(
+        raise ConfigError(
             f"{run_dir}: no finished {what}; finished branches: {', '.join(branches)}"
         )
     return mine[-1]
@@ -127,9 +127,7 @@ def export(
     if structured:
         groups = usable_groups(adapter.prune_groups(), params)
         if not groups:
-            raise TraversalError(
-                "export --structured: the model's adapter declares no prune groups"
-            )
+            raise ConfigError("export --structured: the model's adapter declares no prune groups")
         keeps = _unit_keeps(params, groups)
         test = comp.tasks.tasks[stage_cfg.task or 0].test
         x = test.gather(torch.arange(min(256, len(test))))

@@ -115,13 +115,14 @@ def _within(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + ".")
 
 
-def _where(path: str, config: dict[str, Any]) -> tuple[str, int] | None:
-    """(branch, stage index) of a stage path (``stages.1...``, ``branches.fip.0...``)."""
+def _where(path: str, config: dict[str, Any]) -> tuple[str, int | None] | None:
+    """(branch, stage index) of a stage path (``stages.1...``, ``branches.fip.0...``); the
+    index is None for a whole list (``stages``, ``branches.fip``)."""
     parts = path.split(".")
-    if parts[0] == "stages" and len(parts) > 1 and parts[1].isdigit():
-        return "trunk", int(parts[1])
-    if parts[0] == "branches" and len(parts) > 2 and parts[2].isdigit():
-        return parts[1], int(parts[2])
+    if parts[0] == "stages":
+        return "trunk", int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    if parts[0] == "branches" and len(parts) > 1:
+        return parts[1], int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
     return None
 
 
@@ -144,9 +145,19 @@ def check(
     keys = [o.split("=", 1)[0] for o in overrides]
     order = ["trunk", *old.get("branches", {})]
     at_branch, at_stage, done = meta["branch"], int(meta["stage"]), bool(meta.get("done"))
+    last = order[-1]
+    last_stages = old["stages"] if last == "trunk" else old["branches"][last]
+    over = done and at_branch == last and at_stage == len(last_stages) - 1
     problems = []
     for path, a, b in changes:
         show = f"{path}: {_short(a)} -> {_short(b)}"
+        where = _where(path, old)
+        if over and (where is None or where[0] in order):
+            problems.append(
+                f"{show}: the run has finished; nothing would run with the change (add a "
+                "branch to extend it, or start a new run)"
+            )
+            continue
         asked = any(_within(path, k) for k in keys)
         if not asked and not force:
             problems.append(
@@ -158,12 +169,13 @@ def check(
         if any(_within(path, g) for g in GLOBAL) and not force:
             problems.append(f"{show}: the {path.split('.')[0]} of a run cannot change on resume")
             continue
-        where = _where(path, old)
         if where is None:
             continue  # run settings, loggers, new branches: what comes next
         branch, si = where
         if branch not in order:
             continue  # a branch added after the others
+        if si is None:  # a stage list that grew or shrank: its first stage decides
+            si = 0
         finished = order.index(branch) < order.index(at_branch) or (
             branch == at_branch and (si < at_stage or (si == at_stage and done))
         )

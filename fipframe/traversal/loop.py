@@ -364,6 +364,8 @@ class StageLoop:
             point,
             carry=carry_rel,
             buffers=buffers_rel,
+            start=done.anchor,
+            start_buffers=done.anchor_buffers,
         )
         done.state = {
             "integrator": {},

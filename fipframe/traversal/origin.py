@@ -144,11 +144,23 @@ def check(root: Path, origin: dict[str, Any] | None, comp: Any) -> None:
             f"({len(origin['model']['traversable'])} then, {len(now['model']['traversable'])} now)"
         )
     for key in ("num_classes", "tasks", "input"):
-        if origin["data"][key] != now["data"][key]:
-            problems.append(
-                f"data: {key} differ from the run's: {_short(origin['data'][key])} then, "
-                f"{_short(now['data'][key])} now"
+        then, later = origin["data"][key], now["data"][key]
+        if then == later:
+            continue
+        at = ""
+        if key == "tasks" and isinstance(then, list) and isinstance(later, list):
+            i = next(
+                (i for i, (a, b) in enumerate(zip(then, later, strict=False)) if a != b),
+                min(len(then), len(later)),
             )
+            if i < min(len(then), len(later)):
+                then, later = then[i], later[i]
+                at = f" at task {i}"
+            else:
+                then, later = f"{len(then)} tasks", f"{len(later)} tasks"
+        problems.append(
+            f"data: {key} differ from the run's{at}: {_short(then)} then, {_short(later)} now"
+        )
     if problems:
         raise ConfigError([f"{root}: {p}" for p in problems])
 

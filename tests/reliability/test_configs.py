@@ -54,6 +54,28 @@ CASES = [  # (override, expected words in the one error line)
         "--set stages.7.steps: no such place in the config (stages.7: the list has 1 items)",
     ),
     ("stagez.0=1", "did you mean 'stages'?"),
+    ("run={seed: 3, seed: 9}", "duplicate key 'seed' at line 1, column 11 (first at column 2)"),
+    ("stages.0.integrator.lr=1e300", "lr: 1e+300 is beyond float32's range"),
+    ("stages.0.integrator.optimizer={weight_decay: 1e300}", "weight_decay: 1e+300 is beyond"),
+    (
+        "stages.0.integrator.optimizer.eps=1e6",
+        "optimizer.eps: Input should be less than or equal to 1",
+    ),
+    ("model={kind: vit, hidden: 65, heads: 4}", "hidden (65) must be a multiple of heads (4)"),
+    ("name=" + "x" * 200, "name: String should have at most 100 characters"),
+    (
+        "loggers=[{kind: csv, filename: metrics.jsonl}]",
+        "'metrics.jsonl' is one of fipframe's own files",
+    ),
+    (
+        "loggers=[{kind: csv, filename: points/x.csv}]",
+        "'points/x.csv' is one of fipframe's own files",
+    ),
+    ("loggers=[{kind: csv, filename: .lock}]", "'.lock' is one of fipframe's own files"),
+    (
+        "data={kind: permuted_mnist, permutation_seed: 1180591620717411303424}",
+        "permutation_seed: Input should be less than or equal to 4294967295",
+    ),
 ]
 
 

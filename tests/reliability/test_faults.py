@@ -112,7 +112,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tiny, tmp_path
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "error: File too large" in proc.stderr
+    assert "error: File too large (" in proc.stderr and str(out) in proc.stderr  # names the file
     assert not list(out.rglob(".*.tmp"))  # the half-written temporary file was removed
     assert (out / "checkpoint.safetensors").read_bytes() == checkpoint
     assert main(["run", "--resume", str(out)]) == 0  # with room again, it resumes

@@ -94,3 +94,84 @@ def test_disable_list_takes_distribution_names_and_warns_of_unknown(installed, m
     assert "FIPFRAME_DISABLE_PLUGINS: 'nosuchplug:x' matches no installed plugin" in warning
     assert main(["validate", "--preset", "split-mnist"]) == 0
     assert "nosuchplug:x" in capsys.readouterr().err
+
+
+EXITS = "import sys\nsys.exit(3)\n"
+
+CHECK_RAISES = """
+import fipframe
+
+@fipframe.hookimpl
+def fipframe_check_config(config, registry):
+    raise RuntimeError("checker is broken")
+"""
+
+CHECK_STRING = """
+import fipframe
+
+@fipframe.hookimpl
+def fipframe_check_config(config, registry):
+    return "one problem as a plain string"
+"""
+
+CHUNK_RAISES = """
+import fipframe
+
+@fipframe.hookimpl
+def fipframe_chunk_end(run, step, metrics):
+    if run.position.branch == "fip":
+        raise RuntimeError("dashboard is down")
+"""
+
+
+def test_a_plugin_exiting_at_import_is_a_failure_not_the_exit(installed, capsys):
+    installed("exitplug", EXITS)
+    pm = make_plugin_manager()
+    [failure] = [f for f in pm.failures if f.dist == "exitplug"]
+    assert "SystemExit: 3" in failure.error
+    assert main(["presets"]) == 0
+
+
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        (
+            CHECK_RAISES,
+            "plugin 'checkplug:plug': fipframe_check_config failed (RuntimeError: checker is "
+            "broken",
+        ),
+        (CHECK_STRING, "c.yaml: one problem as a plain string"),
+    ],
+)
+def test_config_checks_of_a_plugin_fail_cleanly(
+    installed, tiny, tmp_path, capsys, source, expected
+):
+    import yaml
+
+    installed("checkplug" if source is CHECK_RAISES else "stringplug", source)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_a_runtime_hook_that_raises_is_named_and_the_run_resumes(
+    installed, tiny, tmp_path, capsys, monkeypatch
+):
+    import yaml
+
+    installed("chunkplug", CHUNK_RAISES)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: plugin 'chunkplug:plug': fipframe_chunk_end failed (RuntimeError: dashboard is down"
+        in err
+    )
+    assert f"resume with --resume {out}" in err and "FIPFRAME_DISABLE_PLUGINS" in err
+    monkeypatch.setenv("FIPFRAME_DISABLE_PLUGINS", "chunkplug")
+    assert main(["run", "--resume", str(out)]) == 0

@@ -33,14 +33,29 @@ def _cli_env() -> dict[str, str]:
 
 
 # -- one writer ---------------------------------------------------------------------------------
+SLOW = """
+import time
+import fipframe
+
+@fipframe.hookimpl
+def fipframe_chunk_end(run, step, metrics):
+    time.sleep(0.25)
+"""
+
+
 def test_a_second_writer_is_refused_naming_the_holder(small, tmp_path, capsys):
-    small["stages"][0]["steps"] = 400  # long enough to be caught running
+    from tests.conftest import make_distribution
+
+    make_distribution(tmp_path / "slow", "slowplug", "slowplug_mod", SLOW, "slow")
+    small["stages"][0]["steps"] = 300  # with the plugin's pauses: about 8 s of running
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(small))
     out = tmp_path / "run"
+    env = _cli_env()
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path / "slow")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fipframe", "run", str(cfg), "--out", str(out)],
-        env=_cli_env(),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -53,6 +68,11 @@ def test_a_second_writer_is_refused_naming_the_holder(small, tmp_path, capsys):
             assert main(argv) == 2
             err = capsys.readouterr().err
             assert f"in use by pid {proc.pid} on host" in err, err
+        (out / ".lock").unlink()  # the lock is on the directory: the note can go, the lock stays
+        assert main(["run", "--resume", str(out)]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+        assert main(["report", str(out)]) == 0  # reading is allowed, writing the plot is not
+        assert "plot not written: the run is in use" in capsys.readouterr().out
     finally:
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
     records = [json.loads(line) for line in _rows(out / "metrics.jsonl")]
@@ -145,6 +165,9 @@ def _point(out: Path) -> Path:
         ("last-covered", "which the checkpoint covers, is missing"),
         ("last-covered-cut", "metrics.jsonl: line 8 damaged"),
         ("origin", "origin.json: unreadable"),
+        ("start-point", "finetune-00-second-start.safetensors: damaged (its contents"),
+        ("delivered", "delivered.json: damaged (expected"),
+        ("point-field", "metrics.jsonl: line 3 damaged ('point' is not a file inside the run"),
     ],
 )
 def test_damage_is_named_and_resume_refuses(small, tmp_path, capsys, damage, expected):
@@ -170,7 +193,18 @@ def test_damage_is_named_and_resume_refuses(small, tmp_path, capsys, damage, exp
         lines = lines[:-1] + [lines[-1][:-15] + b"\n"]  # that record, cut short
     elif damage == "origin":
         (out / "origin.json").write_text("{not json")
-    if damage in ("not-an-object", "not-utf8", "last-covered", "last-covered-cut"):
+    elif damage == "start-point":  # named by no record: found by the sweep over points/
+        target = out / "points" / "finetune-00-second-start.safetensors"
+        blob = bytearray(target.read_bytes())
+        blob[-2] ^= 0x04
+        target.write_bytes(bytes(blob))
+    elif damage == "delivered":
+        (out / "delivered.json").write_text('{"seq": "x"}')
+    elif damage == "point-field":
+        record = json.loads(lines[2])
+        record["point"] = "../../etc/passwd"
+        lines[2] = (json.dumps(record) + "\n").encode()
+    if damage in ("not-an-object", "not-utf8", "last-covered", "last-covered-cut", "point-field"):
         (out / "metrics.jsonl").write_bytes(b"".join(lines))
     kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert main(["run", "--resume", str(out)]) == 2
@@ -196,6 +230,27 @@ def test_report_and_export_name_damaged_points(small, tmp_path, capsys):
     assert f"error: {point}: damaged (its contents do not match its sha256" in captured.err
     assert main(["export", str(out), "--branch", "fip"]) == 2
     assert "damaged (its contents do not match its sha256" in capsys.readouterr().err
+
+
+def test_report_refuses_records_cut_below_the_checkpoint(small, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(load_config(copy.deepcopy(small)), out=out)
+    lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_bytes(b"".join(lines[:-1]))  # the last stage end, gone
+    assert main(["report", str(out)]) == 2
+    assert "which the checkpoint covers, is missing" in capsys.readouterr().err
+
+
+def test_a_finished_run_takes_no_changes_even_forced(small, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(load_config(copy.deepcopy(small)), out=out)
+    for override in ("run.seed=9", "branches.finetune.0.steps=5"):
+        assert main(["run", "--resume", str(out), "--set", override, "--force"]) == 2
+        assert "the run has finished; nothing would run with the change" in capsys.readouterr().err
+    assert not (out / "changes.jsonl").exists()
+    extra = {**small["branches"]["fip"][0], "name": "third"}
+    assert main(["run", "--resume", str(out), "--set", f"branches.more=[{json.dumps(extra)}]"]) == 0
+    assert "more" in RunResult.load(out).final  # a new branch extends a finished run
 
 
 def test_a_torn_last_line_is_dropped_with_a_note(small, tmp_path, capsys):
@@ -290,4 +345,15 @@ def test_logger_rows_lost_to_a_kill_are_replayed_exactly(small, tmp_path, order)
     from fipframe import resume
 
     resume(out, pm=pm)
-    assert _rows(out / "metrics.csv") == _rows(reference / "metrics.csv")
+    assert (out / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+
+
+def test_a_deleted_csv_is_rebuilt_whole_on_resume(small, tmp_path):
+    reference = tmp_path / "reference"
+    run(load_config(copy.deepcopy(small)), out=reference)
+    out = interrupted(small, tmp_path / "run", "fip", 20)
+    (out / "metrics.csv").unlink()
+    from fipframe import resume
+
+    resume(out)
+    assert (out / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()

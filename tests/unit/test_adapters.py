@@ -69,5 +69,5 @@ def test_traversable_and_frozen_globs():
 def test_vit_checks_its_shape_fields():
     with pytest.raises(ConfigError, match=r"model.patch_size: 5 must divide"):
         build("vit", patch_size=5)
-    with pytest.raises(ConfigError, match=r"model.hidden: 30 is not a multiple of heads"):
-        build("vit", hidden=30, heads=4)
+    with pytest.raises(ValueError, match=r"hidden \(30\) must be a multiple of heads \(4\)"):
+        build("vit", hidden=30, heads=4)  # refused by the config itself, before any build
