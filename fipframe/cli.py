@@ -115,19 +115,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fipframe.eval.results import RunResult
-    from fipframe.traversal.artifact import RunDir
+    from fipframe.traversal.artifact import CHECKPOINT, RunDir
 
     result = RunResult.load(args.run_dir)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.table())
     rd = RunDir(args.run_dir)
-    if rd.busy():  # another process is writing the run: read, but do not write into it
+    live = rd.busy()
+    if live:  # another process is writing the run: read, but do not write into it
         print("\nplot not written: the run is in use (see its .lock); report it when it ends")
     else:
         out = result.plot(Path(args.run_dir) / "accuracy.png")
         print(f"\nplot: {out}")
-    problems = rd.audit(result.records, None)
+    problems = rd.audit(result.records, None, live=live)
+    if (rd.root / CHECKPOINT).exists():
+        from fipframe.traversal import integrity
+        from fipframe.traversal.artifact import read_tensors
+
+        problems += integrity.file_matches(rd, read_tensors(rd.root / CHECKPOINT)[1])
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return EXIT_CONFIG if problems else 0

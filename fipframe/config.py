@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_origin
 
 from pydantic import (
@@ -226,6 +227,21 @@ class RunBase(_Frozen):
     name: str = Field("run", pattern=NAME, max_length=100)
     memory: MemoryConfig = MemoryConfig()
     run: RunSettings = RunSettings()
+
+    @model_validator(mode="after")
+    def _one_writer_per_file(self) -> RunBase:
+        seen: dict[str, int] = {}
+        for i, logger in enumerate(getattr(self, "loggers", [])):
+            name = getattr(logger, "filename", None)
+            if not isinstance(name, str):
+                continue
+            key = PurePosixPath(name.replace("\\", "/")).as_posix()
+            if key in seen:
+                raise ValueError(
+                    f"loggers[{i}] writes {name!r}, which loggers[{seen[key]}] writes too"
+                )
+            seen[key] = i
+        return self
 
     def all_stages(self) -> Iterator[tuple[str, list[Any]]]:
         """``("stages", trunk)`` then ``("branches.<name>", stages)`` for each branch."""

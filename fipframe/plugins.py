@@ -287,7 +287,7 @@ def call_hook(pm: Any, name: str, error: type[Exception], what: str = "", **kwar
     for impl in reversed(impls):  # pluggy calls the last registered first
         try:
             result = impl.function(*[kwargs[a] for a in impl.argnames])
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin may not end the host's process
             raise error(
                 f"plugin {impl.plugin_name!r}: {name} failed ({_describe(exc)}){what}"
             ) from exc

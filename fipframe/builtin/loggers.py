@@ -58,14 +58,16 @@ class CSVLogger(Logger):
         self._file.close()
         # a file deleted (or never written) is rebuilt whole
         todo = records if self._new else [r for r in records if r["seq"] > delivered]
-        if todo and not self._new:
+        if not self._new:
             lines = self.path.read_bytes().splitlines(keepends=True)
             if lines and not lines[-1].endswith(b"\n"):
                 lines.pop()  # torn by the kill
-            first = todo[0]
-            key = [str(first["global_step"]), first["branch"], first["stage"], str(first["step"])]
-            while len(lines) > 1 and next(csv.reader([lines[-1].decode()]))[:4] == key:
-                lines.pop()
+            if todo:
+                first = todo[0]
+                key = [str(first["global_step"]), first["branch"], first["stage"]]
+                key.append(str(first["step"]))
+                while len(lines) > 1 and next(csv.reader([lines[-1].decode()]))[:4] == key:
+                    lines.pop()
             atomic_write_bytes(self.path, b"".join(lines))
         self._file = self.path.open("a", newline="")
         self._writer = csv.writer(self._file)

@@ -409,6 +409,8 @@ class RunDir:
                 for key in FILE_FIELDS:
                     if record.get(key) is not None and not _inside(record[key]):
                         raise ValueError(f"{key!r} is not a file inside the run directory")
+                if record["kind"] == "stage_end" and not record.get("point"):
+                    raise ValueError("a stage end that names no point")
                 expected = last_seq + 1
                 last_seq = record["seq"]  # resynchronise: one damaged line is one problem
                 if record["seq"] != expected:
@@ -470,12 +472,18 @@ class RunDir:
         state = unflatten_state(meta.pop("state"), moved)
         return params, state, meta
 
-    def audit(self, records: list[dict[str, Any]], meta: dict[str, Any] | None) -> list[str]:
+    def audit(
+        self, records: list[dict[str, Any]], meta: dict[str, Any] | None, *, live: bool = False
+    ) -> list[str]:
         """Every file the records (and the checkpoint's metadata) name, checked: one line per
-        missing or damaged file."""
+        missing or damaged file. ``live``: another process is writing the run (report), so
+        files newer than ``records`` are expected."""
         names: list[str] = []
+        owners: dict[str, dict[str, Any]] = {}  # point -> the record that names it
         for r in records:
             names += [r[k] for k in FILE_FIELDS if r.get(k)]
+            if r.get("point"):
+                owners[r["point"]] = r
         if meta is not None:
             names += [meta[k] for k in ("anchor", "anchor_buffers") if meta.get(k)]
         if (self.root / FIXED).exists():
@@ -486,16 +494,29 @@ class RunDir:
         problems = []
         for rel in dict.fromkeys(names):
             try:
-                read_tensors(self.root / rel, require_sha=checked)
+                _, meta_ = read_tensors(self.root / rel, require_sha=checked)
             except RunDirError as exc:
                 problems += exc.problems
+                continue
+            owner = owners.get(rel)
+            said = (meta_.get("branch"), meta_.get("stage"), meta_.get("step"))
+            if (
+                owner
+                and said[0] is not None
+                and said != (owner["branch"], owner["stage"], owner["step"])
+            ):
+                problems.append(
+                    f"{self.root / rel}: is the point of {said[0]}/{said[1]} step {said[2]}, but "
+                    f"record seq {owner['seq']} ({owner['branch']}/{owner['stage']} step "
+                    f"{owner['step']}) names it; the records were edited"
+                )
         for name in (RUN, "origin.json"):
             try:
                 self.read_json(name)
             except RunDirError as exc:
                 problems += exc.problems
         try:
-            self.delivered(records[-1]["seq"] if records else -1)
+            self.delivered(10**12 if live else records[-1]["seq"] if records else -1)
         except RunDirError as exc:
             problems += exc.problems
         return problems

@@ -132,6 +132,7 @@ class Traversal:
             restart = records.restart(tensors, meta)
             rid = integrity.run_id(rd) or meta.get("run_id")
         elif rd is not None:
+            self._build_loggers(rd)  # a logger refusing its file stops the run before it writes
             rd.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
             rd.write_json("plugins.json", self._plugin_versions())
             origin.write(rd.root, self.components)
@@ -142,13 +143,11 @@ class Traversal:
             records.stamp = integrity.stamp(self.config, rid)
             for note in rd.notes:
                 progress.line(f"note: {note}")
-            self.loggers = [
-                self.registry.build("logger", c, run_dir=rd.root) for c in self.config.loggers
-            ]
-            if self.loggers and restart is None:
-                rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
             if restart is not None:
+                self._build_loggers(rd)
                 self._replay(rd, records.items)
+            elif self.loggers:
+                rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
         loop = StageLoop(self.components, records, progress, self._notify, self.position)
         self._hook("fipframe_traversal_start", run=self)
         try:
@@ -165,6 +164,11 @@ class Traversal:
             result.save()
         self._hook("fipframe_traversal_end", run=self, result=result)
         return result
+
+    def _build_loggers(self, rd: RunDir) -> None:
+        self.loggers = [
+            self.registry.build("logger", c, run_dir=rd.root) for c in self.config.loggers
+        ]
 
     def _replay(self, rd: RunDir, items: list[dict[str, Any]]) -> None:
         """Give the loggers the committed records they did not get (killed between a commit

@@ -34,13 +34,18 @@ from fipframe.core.sparsity import (
     unit_scores,
     usable_groups,
 )
-from fipframe.errors import ConfigError
+from fipframe.errors import ConfigError, RunDirError
 from fipframe.traversal.artifact import RunDir, load_point
 from fipframe.traversal.origin import reopen
 
 
 def _stage_end(run_dir: Path, branch: str | None, stage: str | None) -> dict[str, Any]:
-    ends = [r for r in RunDir(run_dir).records() if r["kind"] == "stage_end"]
+    rd = RunDir(run_dir)
+    records = rd.records()
+    problems = rd.audit(records, None)  # every file checked, as report and resume do
+    if problems:
+        raise RunDirError([*problems, f"{run_dir}: cannot export until these are restored"])
+    ends = [r for r in records if r["kind"] == "stage_end"]
     if not ends:
         raise ConfigError(f"{run_dir}: no finished stage to export")
     branches = list(dict.fromkeys(r["branch"] for r in ends))

@@ -245,3 +245,30 @@ def _jsonable(value: Any) -> Any:
 def _short(value: Any) -> str:
     text = "(absent)" if value is _ABSENT else json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def file_matches(rd: RunDir, meta: dict[str, Any]) -> list[str]:
+    """Problems if config.yaml no longer says what the checkpoint was made with (edited by
+    hand since; an accepted change not yet committed is fine)."""
+    from fipframe.configfile import read_file
+
+    if "config" not in meta or not (rd.root / "config.yaml").is_file():
+        return []
+    try:
+        now = read_file(rd.root / "config.yaml")
+    except Exception as exc:  # ConfigError: unreadable
+        return [str(exc)]
+    changes = diff(meta["config"], now)
+    if not changes:
+        return []
+    text = hashlib.sha256(
+        json.dumps(now, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    if _recorded(rd, meta["config_digest"], text):
+        return []
+    shown = "; ".join(f"{p}: {_short(a)} -> {_short(b)}" for p, a, b in changes[:3])
+    more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+    return [
+        f"{rd.root / 'config.yaml'}: differs from the config the run was made with ({shown}"
+        f"{more}); it no longer describes this run"
+    ]

@@ -73,6 +73,10 @@ CASES = [  # (override, expected words in the one error line)
     ),
     ("loggers=[{kind: csv, filename: .lock}]", "'.lock' is one of fipframe's own files"),
     (
+        "loggers=[csv, {kind: csv, filename: ./metrics.csv}]",
+        "loggers[1] writes './metrics.csv', which loggers[0] writes too",
+    ),
+    (
         "data={kind: permuted_mnist, permutation_seed: 1180591620717411303424}",
         "permutation_seed: Input should be less than or equal to 4294967295",
     ),

@@ -123,6 +123,15 @@ def fipframe_chunk_end(run, step, metrics):
         raise RuntimeError("dashboard is down")
 """
 
+CHUNK_EXITS = """
+import sys
+import fipframe
+
+@fipframe.hookimpl
+def fipframe_chunk_end(run, step, metrics):
+    sys.exit(0)
+"""
+
 
 def test_a_plugin_exiting_at_import_is_a_failure_not_the_exit(installed, capsys):
     installed("exitplug", EXITS)
@@ -175,3 +184,16 @@ def test_a_runtime_hook_that_raises_is_named_and_the_run_resumes(
     assert f"resume with --resume {out}" in err and "FIPFRAME_DISABLE_PLUGINS" in err
     monkeypatch.setenv("FIPFRAME_DISABLE_PLUGINS", "chunkplug")
     assert main(["run", "--resume", str(out)]) == 0
+
+
+def test_a_runtime_hook_may_not_end_the_process(installed, tiny, tmp_path, capsys):
+    import yaml
+
+    installed("exitchunk", CHUNK_EXITS)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert (
+        "plugin 'exitchunk:plug': fipframe_chunk_end failed (SystemExit: 0"
+        in capsys.readouterr().err
+    )

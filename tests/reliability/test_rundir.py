@@ -168,6 +168,8 @@ def _point(out: Path) -> Path:
         ("start-point", "finetune-00-second-start.safetensors: damaged (its contents"),
         ("delivered", "delivered.json: damaged (expected"),
         ("point-field", "metrics.jsonl: line 3 damaged ('point' is not a file inside the run"),
+        ("no-point", "damaged (a stage end that names no point)"),
+        ("other-point", "is the point of trunk/first step 30, but record seq"),
     ],
 )
 def test_damage_is_named_and_resume_refuses(small, tmp_path, capsys, damage, expected):
@@ -200,11 +202,25 @@ def test_damage_is_named_and_resume_refuses(small, tmp_path, capsys, damage, exp
         target.write_bytes(bytes(blob))
     elif damage == "delivered":
         (out / "delivered.json").write_text('{"seq": "x"}')
+    elif damage in ("no-point", "other-point"):
+        i = next(i for i, x in enumerate(lines) if b'"finetune"' in x and b"stage_end" in x)
+        record = json.loads(lines[i])
+        trunk_end = next(json.loads(x) for x in lines if b'"trunk"' in x and b"stage_end" in x)
+        record["point"] = None if damage == "no-point" else trunk_end["point"]
+        lines[i] = (json.dumps(record) + "\n").encode()
     elif damage == "point-field":
         record = json.loads(lines[2])
         record["point"] = "../../etc/passwd"
         lines[2] = (json.dumps(record) + "\n").encode()
-    if damage in ("not-an-object", "not-utf8", "last-covered", "last-covered-cut", "point-field"):
+    if damage in (
+        "not-an-object",
+        "not-utf8",
+        "last-covered",
+        "last-covered-cut",
+        "point-field",
+        "no-point",
+        "other-point",
+    ):
         (out / "metrics.jsonl").write_bytes(b"".join(lines))
     kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert main(["run", "--resume", str(out)]) == 2
@@ -251,6 +267,22 @@ def test_a_finished_run_takes_no_changes_even_forced(small, tmp_path, capsys):
     extra = {**small["branches"]["fip"][0], "name": "third"}
     assert main(["run", "--resume", str(out), "--set", f"branches.more=[{json.dumps(extra)}]"]) == 0
     assert "more" in RunResult.load(out).final  # a new branch extends a finished run
+
+
+def test_report_and_export_check_every_file_and_the_config(small, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(load_config(copy.deepcopy(small)), out=out)
+    start = out / "points" / "fip-00-second-start.safetensors"
+    start.unlink()
+    assert main(["export", str(out), "--branch", "fip"]) == 2
+    assert f"{start}: missing" in capsys.readouterr().err
+    run(load_config(copy.deepcopy(small)), out=tmp_path / "again")
+    config = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    config["run"]["seed"] = 4  # edited by hand after the run
+    (tmp_path / "again" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["report", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml: differs from the config the run was made with (run.seed: 3 -> 4)" in err
 
 
 def test_a_torn_last_line_is_dropped_with_a_note(small, tmp_path, capsys):
