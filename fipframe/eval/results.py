@@ -69,7 +69,7 @@ class RunResult:
         if (root / CHECKPOINT).exists():  # read first: its records were written before it
             covered = read_tensors(root / CHECKPOINT)[1]["seq"]
         records = rd.records()
-        if covered is not None and not any(r["seq"] == covered for r in records):
+        if covered is not None and covered >= 0 and not any(r["seq"] == covered for r in records):
             raise RunDirError(
                 f"{root / METRICS}: record seq {covered}, which the checkpoint covers, is "
                 "missing; the records were cut or edited"

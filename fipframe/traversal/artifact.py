@@ -277,7 +277,7 @@ class RunDir:
         except OSError as exc:
             raise ConfigError(f"out: cannot write to {self.root} ({exc.strerror or exc})") from None
         self.lock()
-        if fresh and (self.root / METRICS).exists():
+        if fresh and any((self.root / f).exists() for f in (METRICS, CHECKPOINT, RUN)):
             self.unlock()
             raise ConfigError(
                 f"out: {self.root} already holds a run; resume it with --resume {self.root} "
@@ -383,7 +383,7 @@ class RunDir:
         are dropped and their damage does not matter; it must itself be present."""
         path = self.root / METRICS
         if not path.exists():
-            if upto is not None:
+            if upto is not None and upto >= 0:
                 raise RunDirError(f"{path}: missing (the checkpoint covers {upto + 1} records)")
             return []
         raw = path.read_bytes()
@@ -395,7 +395,7 @@ class RunDir:
         problems: list[str] = []
         last_seq = -1
         for number, line in enumerate(lines, start=1):
-            if upto is not None and out and out[-1]["seq"] == upto:
+            if upto is not None and (upto < 0 or (out and out[-1]["seq"] == upto)):
                 extra = len(lines) - number + 1
                 self.notes.append(f"{path}: dropped {extra} line(s) written after the checkpoint")
                 break
@@ -426,7 +426,7 @@ class RunDir:
             out.append(record)
         if problems:
             raise RunDirError(problems)
-        if upto is not None and (not out or out[-1]["seq"] != upto):
+        if upto is not None and upto >= 0 and (not out or out[-1]["seq"] != upto):
             last = out[-1]["seq"] if out else None
             raise RunDirError(
                 f"{path}: record seq {upto}, which the checkpoint covers, is missing (the last "

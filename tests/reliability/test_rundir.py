@@ -18,6 +18,7 @@ import yaml
 
 from fipframe import load_config, run
 from fipframe.cli import main
+from fipframe.errors import ConfigError
 from fipframe.eval.results import RunResult
 from tests.reliability.conftest import interrupted
 
@@ -389,3 +390,77 @@ def test_a_deleted_csv_is_rebuilt_whole_on_resume(small, tmp_path):
 
     resume(out)
     assert (out / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+
+
+def test_a_checkpoint_from_before_the_first_record_resumes(tmp_path):
+    """Killed after the stage-start commit (it covers no record, seq -1) and perhaps after a
+    first record was appended but before its commit: that record is dropped, nothing refused."""
+    import torch
+
+    from fipframe.traversal.artifact import RunDir
+
+    rd = RunDir(tmp_path)
+    rd.commit({"w": torch.zeros(2)}, {}, {"seq": -1, "branch": "trunk", "stage": 0, "step": 0})
+    assert rd.records(upto=-1) == []  # no metrics.jsonl yet
+    rd.append_record({"seq": 0, "kind": "chunk", "branch": "trunk", "metrics": {}})
+    assert rd.records(upto=-1) == []
+    assert "dropped 1 line(s) written after the checkpoint" in rd.notes[-1]
+    rd.truncate_records(-1)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b""
+
+
+def _interrupting_objective(armed: bool):
+    """A real objective plugin (task_ce under another name) that, when armed, is Ctrl-C'd in
+    its stage's first step: after the stage's start was committed, before it recorded
+    anything."""
+    from typing import Literal
+
+    from fipframe import Spec
+    from fipframe.builtin.objectives import TaskCE, TaskCEConfig
+    from fipframe.plugins import hookimpl
+
+    class StopConfig(TaskCEConfig):
+        kind: Literal["stop_first"] = "stop_first"  # type: ignore[assignment]
+
+    class Stop(TaskCE):
+        ready = armed
+
+        def sample(self, step):
+            if Stop.ready:
+                Stop.ready = False
+                raise KeyboardInterrupt
+            return super().sample(step)
+
+    class Plugin:
+        @hookimpl
+        def fipframe_register_objectives(self):
+            return [Spec("stop_first", StopConfig, Stop, "interrupts")]
+
+    return Plugin()
+
+
+@pytest.mark.parametrize("where", ["trunk", "fip"])
+def test_interrupted_before_a_stages_first_record_resumes(small, tmp_path, where):
+    from fipframe import resume
+    from fipframe.plugins import make_plugin_manager
+
+    config = copy.deepcopy(small)
+    stage = config["stages"][0] if where == "trunk" else config["branches"]["fip"][0]
+    stage["objectives"] = ["stop_first"]
+    reference = tmp_path / "reference"
+    pm = make_plugin_manager(plugins=[_interrupting_objective(armed=False)])
+    run(load_config(copy.deepcopy(config), pm=pm), out=reference)
+    out = tmp_path / "run"
+    pm = make_plugin_manager(plugins=[_interrupting_objective(armed=True)])
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(copy.deepcopy(config), pm=pm), out=out)
+    if where == "trunk":  # the very first commit covers no record (seq -1)
+        assert not (out / "metrics.jsonl").exists() and (out / "checkpoint.safetensors").exists()
+        with pytest.raises(ConfigError, match="already holds a run"):  # not overwritten
+            run(load_config(copy.deepcopy(config), pm=pm), out=out)
+    else:  # fip's start was committed, nothing of it recorded
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["branch"] == "finetune"
+    pm = make_plugin_manager(plugins=[_interrupting_objective(armed=False)])
+    result = resume(out, pm=pm)
+    assert result.final == RunResult.load(reference).final
