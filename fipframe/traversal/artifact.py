@@ -174,14 +174,6 @@ def _pieces(header: dict[str, Any], data: memoryview) -> list[memoryview]:
     return [data[a:b] for a, b in spans]
 
 
-def _label(path: Path) -> str:
-    """A file's name as the messages show it: relative to its run directory when it has one."""
-    for parent in path.parents:
-        if (parent / METRICS).exists() or (parent / "config.yaml").exists():
-            return str(path.relative_to(parent)) if parent != Path(".") else str(path)
-    return str(path)
-
-
 def read_tensors(
     path: str | Path, *, require_sha: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -215,10 +207,6 @@ def read_tensors(
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RunDirError(f"{path}: damaged ({why})") from None
     return tensors, meta
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    return read_tensors(path)[1]
 
 
 def _params(tensors: dict[str, Tensor], meta: dict[str, Any]) -> Params:
