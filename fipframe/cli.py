@@ -115,7 +115,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fipframe.eval.results import RunResult
-    from fipframe.traversal.artifact import CHECKPOINT, RunDir
+    from fipframe.traversal.artifact import RunDir
 
     result = RunResult.load(args.run_dir)
     for note in result.notes:
@@ -129,11 +129,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = result.plot(Path(args.run_dir) / "accuracy.png")
         print(f"\nplot: {out}")
     problems = rd.audit(result.records, None, live=live)
-    if (rd.root / CHECKPOINT).exists():
+    if result.checkpoint is not None:
         from fipframe.traversal import integrity
-        from fipframe.traversal.artifact import read_tensors
 
-        problems += integrity.file_matches(rd, read_tensors(rd.root / CHECKPOINT)[1])
+        problems += integrity.file_matches(rd, result.checkpoint)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return EXIT_CONFIG if problems else 0

@@ -42,6 +42,8 @@ class RunResult:
     plan: dict[str, list[dict[str, Any]]] | None = None
     #: what reading the run directory noticed (a torn last line dropped)
     notes: list[str] = field(default_factory=list)
+    #: the checkpoint's metadata, when read from a run directory that has one
+    checkpoint: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_records(
@@ -65,9 +67,10 @@ class RunResult:
 
             raise ConfigError(f"{root}: not a run directory (no {METRICS})")
         rd = RunDir(root)
-        covered = None
+        covered, checkpoint = None, None
         if (root / CHECKPOINT).exists():  # read first: its records were written before it
-            covered = read_tensors(root / CHECKPOINT)[1]["seq"]
+            checkpoint = read_tensors(root / CHECKPOINT)[1]
+            covered = checkpoint["seq"]
         records = rd.records()
         if covered is not None and covered >= 0 and not any(r["seq"] == covered for r in records):
             raise RunDirError(
@@ -96,6 +99,7 @@ class RunResult:
             plan = stage_names(read_file(root / "config.yaml"))
         result = cls(records, names, root, plan=plan)
         result.notes = list(rd.notes)
+        result.checkpoint = checkpoint
         return result
 
     # -- views -----------------------------------------------------------------------------

@@ -47,8 +47,9 @@ STATEFUL = (
 
 
 def digest(config: Any) -> str:
-    """sha256 of the resolved config (canonical JSON)."""
-    text = json.dumps(config.dump(), sort_keys=True, separators=(",", ":"))
+    """sha256 of the resolved config (canonical JSON); ``config``: a RunConfig or its dump."""
+    dump = config.dump() if hasattr(config, "dump") else config
+    text = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -261,10 +262,7 @@ def file_matches(rd: RunDir, meta: dict[str, Any]) -> list[str]:
     changes = diff(meta["config"], now)
     if not changes:
         return []
-    text = hashlib.sha256(
-        json.dumps(now, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-    if _recorded(rd, meta["config_digest"], text):
+    if _recorded(rd, meta["config_digest"], digest(now)):
         return []
     shown = "; ".join(f"{p}: {_short(a)} -> {_short(b)}" for p, a, b in changes[:3])
     more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""

@@ -202,3 +202,15 @@ def test_python_mappings_get_the_same_limits(tiny):
     tiny["extra"] = node
     with pytest.raises(ConfigError, match="nested deeper than allowed"):
         load_config(tiny)
+
+
+def test_the_reserved_names_cover_every_file_a_run_writes(tiny, tmp_path):
+    """RunFile refuses fipframe's own files by name; the list must not fall behind."""
+    from fipframe import load_config, run
+    from fipframe.core.configs import RESERVED, RESERVED_DIRS
+
+    tiny["loggers"] = ["csv"]
+    run(load_config(tiny), out=tmp_path / "run")
+    written = {p.name for p in (tmp_path / "run").iterdir()} - {"metrics.csv"}  # the logger's
+    uncovered = {n for n in written if n not in RESERVED | set(RESERVED_DIRS) and n[0] != "."}
+    assert not uncovered, uncovered
