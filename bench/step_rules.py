@@ -32,8 +32,8 @@ GRID = {
         {"integrator": {"kind": "eps_step", "eps": e, "alpha": 10.0}, "metric": KL}
         for e in (0.1, 0.3)
     ],
-    "natural (CG, 10 it.)": [
-        {"integrator": {"kind": "natural", "eps": e, "cg_iters": 10, "damping": 1e-3}, "metric": KL}
+    "natural (CG to residual 1e-2)": [
+        {"integrator": {"kind": "natural", "eps": e, "damping": 0.1}, "metric": KL}
         for e in (0.1, 0.3)
     ],
     "projected (rank 20)": [

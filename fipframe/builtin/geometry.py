@@ -1,16 +1,21 @@
 """Step rules that use the metric's geometry directly (METHOD.md section 2, ways 3 and 4).
 
 - ``natural``: solve ``(g + lambda I) theta = grad L`` by conjugate gradients with metric-vector
-  products on the stored inputs, rescale to ``||theta|| = eps`` and retract. This is the
-  closed form of the papers' step: minimise ``theta^T g theta`` while following ``grad L`` under
-  ``||theta|| = eps``. It damps the gradient along function-changing directions and passes
-  its null-space part.
+  products on the stored inputs, to a relative residual ``cg_tol`` (at most ``cg_iters``
+  iterations), rescale to ``||theta|| = eps`` and retract. This is the closed form of the
+  papers' step: minimise ``theta^T g theta`` while following ``grad L`` under ``||theta|| = eps``.
+  It damps the gradient along function-changing directions and passes its null-space part. The
+  iterations and the residual reached are logged per chunk (``cg/iters``, ``cg/residual``,
+  ``cg/capped``): a solve cut short is a different, unnamed step.
 - ``projected``: project ``grad L`` off the top-``rank`` eigenvectors of ``g`` (Lanczos,
   refreshed every ``refresh`` steps) and step ``eps`` along what is left: the 2024 paper's view
   of the metric's spectrum as the low-rank subspace adaptation must avoid.
 
-Both carry optional momentum, moved between points by the manifold's vector transport, and
-fall back to the plain normalised gradient when a stage has no stored inputs.
+On a manifold both work in the tangent space at the current point: the operator is
+``P g P`` (``P`` the tangent projection), the gradient is the Riemannian one, and the direction
+is normalised after projection, so a step is exactly ``eps`` long before the retraction. Both
+carry optional momentum, moved between points by the manifold's vector transport, and fall back
+to the plain normalised gradient when a stage has no stored inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from fipframe.core.integrator import (
     riemannian_gradient,
     step_stats,
 )
-from fipframe.core.linalg import conjugate_gradient, lanczos
+from fipframe.core.linalg import MatVec, conjugate_gradient, hutchinson_diag, jacobi, lanczos
+from fipframe.core.manifold import Euclidean, Manifold
 from fipframe.core.params import Params, ParamSpace
 from fipframe.plugins import hookimpl
 from fipframe.registry import Spec
@@ -37,8 +43,30 @@ from fipframe.registry import Spec
 class NaturalConfig(PluginConfig):
     kind: Literal["natural"] = "natural"
     eps: Positive = Field(0.01, description="length of each step")
-    damping: float = Field(1e-3, gt=0.0, description="lambda in (g + lambda I) theta = grad L")
-    cg_iters: int = Field(10, ge=1, le=500, description="conjugate-gradient iterations (fixed)")
+    damping: float = Field(
+        1e-3, gt=0.0, le=1e6, description="lambda in (g + lambda I) theta = grad L"
+    )
+    cg_tol: float = Field(
+        1e-2,
+        gt=0.0,
+        lt=1.0,
+        description="stop CG at this relative residual ||b - (g + lambda I) theta|| / ||b||",
+    )
+    cg_iters: int = Field(
+        500,
+        ge=1,
+        le=10**4,
+        description="cap on CG iterations; steps that reach it are counted in cg/capped",
+    )
+    preconditioner: Literal["none", "jacobi"] = Field(
+        "none",
+        description="jacobi: precondition CG with a Hutchinson estimate of diag(g) "
+        "(measured not to pay on the MLP benchmark; see docs/design.md)",
+    )
+    precond_samples: int = Field(
+        16, ge=1, le=10**4, description="metric-vector products per diagonal estimate"
+    )
+    precond_refresh: int = Field(50, ge=1, le=10**9, description="steps between diagonal estimates")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="momentum on the step direction")
 
 
@@ -69,14 +97,29 @@ class _Normalised(PathIntegrator):
         problem: StepProblem,
         stats: dict[str, Tensor],
     ) -> Tensor:
-        """The step direction (flat) for gradient ``b``; may update ``state`` and ``stats``."""
+        """The step direction (flat, tangent) for gradient ``b``; may update ``state``/``stats``."""
         raise NotImplementedError
+
+    @staticmethod
+    def operator(params: Params, problem: StepProblem) -> MatVec:
+        """``g`` on flat vectors, restricted to the tangent space at ``params`` (``P g P``)."""
+        g = problem.metric.operator(problem.stored_forward, params)  # type: ignore[union-attr,arg-type]
+        manifold = problem.manifold
+        if isinstance(manifold, Euclidean):
+            return g
+        space = ParamSpace.of(params)
+
+        def tangent(v: Tensor) -> Tensor:
+            return space.flatten(manifold.proju(params, space.unflatten(v)))
+
+        return lambda v: tangent(g(tangent(v)))
 
     def step(
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
     ) -> tuple[Params, State, dict[str, Tensor]]:
         grad, terms, total = riemannian_gradient(params, problem)
         space = ParamSpace.of(params)
+        manifold = problem.manifold
         b = space.flatten(grad)
         state = dict(state)
         stats = step_stats(terms, total)
@@ -85,15 +128,26 @@ class _Normalised(PathIntegrator):
             d = self.direction(params, b, state, problem, stats)
         else:  # no stored inputs yet: nothing to protect
             d = b
+        d = _tangent(manifold, params, space, d)
         mu = self.config.momentum
         if mu and "m" in state:
-            prev = problem.manifold.transp(state["at"], params, space.unflatten(state["m"]))
-            d = mu * space.flatten(prev) + d
+            prev = manifold.transp(state["at"], params, space.unflatten(state["m"]))
+            d = mu * _tangent(manifold, params, space, space.flatten(prev)) + d
         if mu:
             state["m"], state["at"] = d, params
         eps = value_at(self.config.eps, problem.progress) * scale
-        unit = problem.manifold.proju(params, space.unflatten(d / (d.norm() + 1e-12)))
-        return problem.manifold.retr(params, unit, -eps), state, stats
+        if isinstance(manifold, Euclidean):
+            length = d.norm()
+        else:  # the manifold's own norm of the tangent direction
+            length = manifold.inner(params, *(space.unflatten(d),) * 2).sqrt()
+        unit = space.unflatten(d / (length + 1e-12))
+        return manifold.retr(params, unit, -eps), state, stats
+
+
+def _tangent(manifold: Manifold, params: Params, space: ParamSpace, v: Tensor) -> Tensor:
+    if isinstance(manifold, Euclidean):
+        return v
+    return space.flatten(manifold.proju(params, space.unflatten(v)))
 
 
 class Natural(_Normalised):
@@ -107,9 +161,24 @@ class Natural(_Normalised):
         problem: StepProblem,
         stats: dict[str, Tensor],
     ) -> Tensor:
-        g = problem.metric.operator(problem.stored_forward, params)  # type: ignore[union-attr,arg-type]
-        theta, _ = conjugate_gradient(g, b, damping=self.config.damping, iters=self.config.cg_iters)
+        cfg = self.config
+        g = self.operator(params, problem)
+        precond = None
+        if cfg.preconditioner == "jacobi":
+            age = int(state.get("precond_age", -1))
+            if age < 0 or age >= cfg.precond_refresh:
+                diag = hutchinson_diag(g, b.numel(), cfg.precond_samples, like=b, seed=max(age, 0))
+                state["precond"], age = jacobi(diag, cfg.damping), 0
+            state["precond_age"] = age + 1
+            precond = state["precond"]
+        solve = conjugate_gradient(
+            g, b, damping=cfg.damping, iters=cfg.cg_iters, tol=cfg.cg_tol, precond=precond
+        )
+        theta = solve.x
         stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
+        stats["cg/iters"] = b.new_tensor(float(solve.iters))
+        stats["cg/residual"] = solve.residual.detach()
+        stats["cg/capped"] = b.new_tensor(0.0 if solve.converged else 1.0)
         return theta
 
 
@@ -126,7 +195,7 @@ class Projected(_Normalised):
     ) -> Tensor:
         age = int(state.get("age", -1))
         if age < 0 or age >= self.config.refresh:
-            g = problem.metric.operator(problem.stored_forward, params)  # type: ignore[union-attr,arg-type]
+            g = self.operator(params, problem)
             k = min(self.config.rank, b.numel())
             eig = lanczos(
                 g, b.numel(), k, iters=self.config.lanczos_iters, like=b, seed=max(age, 0)

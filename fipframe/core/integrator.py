@@ -23,11 +23,16 @@ State = dict[str, Any]
 
 @dataclass
 class Terms:
-    """The loss terms at one point: weighted objectives, mean divergence to the anchor."""
+    """The loss terms at one point: weighted objectives, mean divergence to the anchor.
+
+    ``stored`` is the number of stored inputs the divergence is the mean over (what a ``sum``
+    reduction multiplies it by).
+    """
 
     objective: Tensor
     divergence: Tensor | None = None
     parts: dict[str, Tensor] = field(default_factory=dict)
+    stored: int = 0
 
 
 @dataclass
@@ -77,18 +82,21 @@ class PathIntegrator(ABC):
 
 
 def riemannian_gradient(
-    params: Params, problem: StepProblem, alpha: float = 0.0
+    params: Params, problem: StepProblem, alpha: float = 0.0, reduction: str = "mean"
 ) -> tuple[Params, Terms, Tensor]:
     """Riemannian gradient of ``objective + alpha * divergence`` at ``params``.
 
-    Returns the gradient (tangent at ``params``), the terms and the detached total loss.
-    Parameters the loss does not reach get a zero gradient.
+    ``reduction="mean"`` weighs the mean divergence over the step's stored inputs,
+    ``"sum"`` their sum (``alpha`` times ``terms.stored`` on the mean): the authors'
+    ``CE_mean + lambda1 * sum_batch D``. Returns the gradient (tangent at ``params``), the terms
+    and the detached total loss. Parameters the loss does not reach get a zero gradient.
     """
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     terms = problem.evaluate(like(params, leaves))
     total = terms.objective
     if terms.divergence is not None and alpha:
-        total = total + alpha * terms.divergence
+        weight = alpha * terms.stored if reduction == "sum" else alpha
+        total = total + weight * terms.divergence
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
     rgrad = problem.manifold.egrad2rgrad(params, like(params, grads))

@@ -83,30 +83,72 @@ def lanczos(
     return Eigen(evals[order], vectors)
 
 
-def conjugate_gradient(
-    matvec: MatVec, b: Tensor, *, damping: float = 0.0, iters: int = 50, tol: float | None = None
-) -> tuple[Tensor, int]:
-    """Solve ``(A + damping I) x = b``; return ``x`` and the iterations used.
+@dataclass
+class Solve:
+    """A CG solution: ``x``, the iterations used and the final relative residual
+    ``||b - (A + damping I) x|| / ||b||`` (a device tensor)."""
 
-    With ``tol`` it stops when ``||r|| <= tol * ||b||`` (one host sync per iteration); without,
-    it runs exactly ``iters`` iterations and never syncs, which is what a hot loop wants.
+    x: Tensor
+    iters: int
+    residual: Tensor
+    converged: bool
+
+
+def conjugate_gradient(
+    matvec: MatVec,
+    b: Tensor,
+    *,
+    damping: float = 0.0,
+    iters: int = 50,
+    tol: float | None = None,
+    precond: Tensor | None = None,
+) -> Solve:
+    """Solve ``(A + damping I) x = b`` by (preconditioned) conjugate gradients.
+
+    With ``tol`` it stops as soon as the relative residual ``||r|| / ||b||`` is at most ``tol``
+    (one host sync per iteration) or after ``iters`` iterations, whichever comes first; without
+    ``tol`` it runs exactly ``iters`` iterations and never syncs. ``precond`` is the diagonal
+    of a preconditioner ``M ~ A + damping I`` (positive entries): the iteration applies ``M^-1``
+    to each residual (Jacobi PCG), which changes the path, not the solution. The residual tested
+    and returned is that of the unpreconditioned system (CG's recurrence, equal to
+    ``b - (A + damping I) x`` up to rounding).
     """
     x = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
-    rs = r @ r
-    stop = None if tol is None else (tol * b.norm()) ** 2
+    inv = None if precond is None else 1.0 / precond
+    z = r if inv is None else inv * r
+    p = z.clone()
+    rz = r @ z
+    tiny = torch.finfo(b.dtype).tiny
+    b_norm = b.norm()
+    stop = None if tol is None else (tol * b_norm) ** 2
+    used = iters
+    converged = False
     for i in range(iters):
-        if stop is not None and rs <= stop:
-            return x, i
+        if stop is not None and bool(r @ r <= stop):
+            used, converged = i, True
+            break
         ap = matvec(p) + damping * p
-        step = rs / (p @ ap).clamp_min(torch.finfo(b.dtype).tiny)
+        step = rz / (p @ ap).clamp_min(tiny)
         x = x + step * p
         r = r - step * ap
-        rs_new = r @ r
-        p = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * p
-        rs = rs_new
-    return x, iters
+        z = r if inv is None else inv * r
+        rz_new = r @ z
+        p = z + (rz_new / rz.clamp_min(tiny)) * p
+        rz = rz_new
+    residual = r.norm() / b_norm.clamp_min(tiny)
+    if stop is not None and not converged:
+        converged = bool(r @ r <= stop)
+    return Solve(x, used, residual, converged)
+
+
+def jacobi(diag: Tensor, damping: float) -> Tensor:
+    """A Jacobi preconditioner for ``A + damping I`` from an estimate of ``diag(A)``.
+
+    Hutchinson estimates can be negative or noisy; they are clipped at zero so every entry is at
+    least ``damping`` and the preconditioned system stays positive definite.
+    """
+    return diag.clamp_min(0.0) + damping
 
 
 def hutchinson_trace(

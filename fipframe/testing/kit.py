@@ -119,16 +119,24 @@ def check_retraction(manifold: Manifold, params: Params, *, atol: float = 1e-10)
 
 
 def check_integrator_fixed_point(
-    integrator: PathIntegrator, manifold: Manifold, params: Params, metric: Metric | None = None
+    integrator: PathIntegrator,
+    manifold: Manifold,
+    params: Params,
+    metric: Metric | None = None,
+    stored_forward: Forward | None = None,
 ) -> None:
-    """With a zero objective and zero divergence, a step leaves the point where it is."""
+    """With a zero objective and zero divergence, a step leaves the point where it is.
+
+    Give ``stored_forward`` (outputs on stored inputs) so steps that use the metric run their
+    solver (CG, Lanczos) rather than the no-memory fallback.
+    """
 
     def evaluate(p: Params) -> Terms:
         zero = sum((0.0 * v).sum() for v in p.values())
         return Terms(zero, zero if metric is not None else None, {})
 
     state = integrator.init(params)
-    problem = StepProblem(evaluate, manifold, metric, progress=0.0)
+    problem = StepProblem(evaluate, manifold, metric, progress=0.0, stored_forward=stored_forward)
     new, _, _ = integrator.step(params, state, problem)
     for k, v in new.items():
         torch.testing.assert_close(v, params[k], atol=0, rtol=0)

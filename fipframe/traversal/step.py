@@ -92,7 +92,7 @@ def make_problem(
                 mem_logits = adapter.forward(p, mem_x)
                 adapter.train(True)
             divergence = metric.divergence(mem_logits, mem_ref).mean()
-        return Terms(total, divergence, parts)
+        return Terms(total, divergence, parts, I.length(mem_x) if wants_div else 0)  # type: ignore[arg-type]
 
     def stored_forward(p: Params) -> Tensor:
         """Outputs on this step's stored inputs, in eval mode like the anchor's."""

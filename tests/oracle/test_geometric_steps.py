@@ -33,7 +33,7 @@ def grad() -> torch.Tensor:
 
 
 def test_natural_step_is_the_damped_natural_gradient_of_length_eps():
-    cfg = NaturalConfig(eps=0.02, damping=1e-2, cg_iters=SPACE.size)
+    cfg = NaturalConfig(eps=0.02, damping=1e-2, cg_tol=1e-12, cg_iters=10 * SPACE.size)
     new, _, stats = Natural(cfg).step(PARAMS, {}, problem())
     delta = SPACE.flatten(sub_tree(new, PARAMS))
     want = torch.linalg.solve(DENSE + 1e-2 * torch.eye(SPACE.size, dtype=DENSE.dtype), grad())
@@ -43,6 +43,8 @@ def test_natural_step_is_the_damped_natural_gradient_of_length_eps():
     step_g = -0.02 * grad() / grad().norm()
     assert delta @ DENSE @ delta < 0.5 * (step_g @ DENSE @ step_g)
     assert 0 < stats["cos_natural_grad"].item() < 1
+    assert stats["cg/residual"].item() <= 1e-12 and stats["cg/capped"].item() == 0.0
+    assert 1 <= stats["cg/iters"].item() <= 10 * SPACE.size
 
 
 def test_projected_step_avoids_the_top_eigenspace():

@@ -10,6 +10,7 @@ from fipframe.core.linalg import (
     conjugate_gradient,
     hutchinson_diag,
     hutchinson_trace,
+    jacobi,
     lanczos,
     participation_ratio,
 )
@@ -58,11 +59,37 @@ def test_lanczos_on_the_metric_finds_its_top_eigenvalues(kind):
 def test_conjugate_gradient_solves_the_damped_system():
     a = psd(50, 10)
     b = torch.randn(50, dtype=a.dtype)
-    x, used = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=200, tol=1e-12)
-    torch.testing.assert_close(x, torch.linalg.solve(a + 0.1 * torch.eye(50, dtype=a.dtype), b))
-    assert used < 200
-    x_fixed, used = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=30)
-    assert used == 30 and torch.allclose(x_fixed, x, atol=1e-6)
+    want = torch.linalg.solve(a + 0.1 * torch.eye(50, dtype=a.dtype), b)
+    solve = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=200, tol=1e-12)
+    torch.testing.assert_close(solve.x, want)
+    assert solve.converged and solve.iters < 200 and solve.residual.item() <= 1e-12
+    fixed = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=30)
+    assert fixed.iters == 30 and torch.allclose(fixed.x, want, atol=1e-6)
+    # the reported residual is the true one of the damped system (before rounding dominates)
+    early = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=4)
+    true = (b - (a @ early.x + 0.1 * early.x)).norm() / b.norm()
+    assert early.residual.item() == pytest.approx(true.item(), rel=1e-6)
+    assert early.residual.item() > 1e-3
+    # stopped by the cap before the tolerance: not converged, residual above it
+    short = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=3, tol=1e-12)
+    assert not short.converged and short.iters == 3 and short.residual.item() > 1e-12
+
+
+def test_jacobi_preconditioned_cg_reaches_the_same_solution_in_fewer_iterations():
+    # badly scaled diagonal: what a Jacobi preconditioner is for
+    g = torch.Generator().manual_seed(3)
+    scales = torch.logspace(0, 4, 60, dtype=torch.float64)
+    a = torch.diag(scales) + psd(60, 5, seed=1)
+    b = torch.randn(60, generator=g, dtype=torch.float64)
+    want = torch.linalg.solve(a + 1e-3 * torch.eye(60, dtype=a.dtype), b)
+    plain = conjugate_gradient(lambda v: a @ v, b, damping=1e-3, iters=500, tol=1e-10)
+    pre = conjugate_gradient(
+        lambda v: a @ v, b, damping=1e-3, iters=500, tol=1e-10, precond=jacobi(a.diagonal(), 1e-3)
+    )
+    torch.testing.assert_close(pre.x, want, rtol=1e-7, atol=1e-12)
+    assert pre.converged and plain.converged and pre.iters < plain.iters / 2
+    # negative diagonal estimates (Hutchinson noise) are clipped to the damping
+    assert jacobi(torch.tensor([-1.0, 2.0]), 0.5).tolist() == [0.5, 2.5]
 
 
 def test_hutchinson_estimates_are_unbiased():
