@@ -8,10 +8,15 @@ weights and gets the same number of forward/backward examples after the trunk:
 - oneshot-ft: the same, then masked fine-tuning for the whole budget
 - gmp:        gradual magnitude pruning (cubic schedule, mask every 50 steps), whole budget
 - imp:        iterative magnitude pruning with rewinding to the warm-up point (lottery ticket,
-              late rewinding), the budget split over its rounds
+              late rewinding); every round trains for the whole budget, as in Frankle & Carbin,
+              so IMP uses IMP_ROUNDS times the others' examples (column `examples`)
 - fip:        the FIP path toward the magnitude-pruned copy (prune_target + task cross-entropy,
               KL invariance on stored training inputs; half the batch each, so the same number
               of examples per step), hard projection, then masked fine-tuning
+
+Tuning: every method with a setting to choose gets the same budget, TUNE_BUDGET configurations
+(TUNE), all tried on the first seed and chosen per sparsity by validation accuracy; the other
+seeds run the chosen one. oneshot has nothing to tune.
 
 Each architecture names its recipe (ARCHS): the trunk's learning-rate shape (constant, or
 a half cosine to 0 over the dense stage so the dense network is a converged point) and the
@@ -110,6 +115,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 METHODS = ("oneshot", "oneshot-ft", "gmp", "imp", "fip")
+# per method, the settings tried on the first seed (the same number for every tuned method):
+# the baselines' learning rate as a multiple of the recipe's, FIP's invariance weight alpha
+TUNE_BUDGET = 3
+TUNE: dict[str, list[dict[str, float]]] = {
+    "oneshot": [{}],
+    "oneshot-ft": [{"lr": f} for f in (0.3, 1.0, 3.0)],
+    "gmp": [{"lr": f} for f in (0.3, 1.0, 3.0)],
+    "imp": [{"lr": f} for f in (0.3, 1.0, 3.0)],
+    "fip": [{"alpha": a} for a in (0.1, 1.0, 10.0)],
+}
+assert all(len(v) == TUNE_BUDGET for k, v in TUNE.items() if k != "oneshot")
+PROTOCOL = 2  # 1: settings fixed by hand, IMP at a third of the budget per round
 IMP_ROUNDS = 3
 GMP_SCHEDULE = {"schedule": "cubic", "ramp": 0.7, "every": 50}  # GMP's hard masks
 FIP_SHARE = 0.9  # of the budget on the path; the rest is masked fine-tuning
@@ -155,11 +172,19 @@ def _prune(name: str, sparsity: float) -> dict[str, Any]:
 
 
 def branches(
-    method: str, s: float, budget: int, rec: dict[str, Any], *, share: float = FIP_SHARE
+    method: str,
+    s: float,
+    budget: int,
+    rec: dict[str, Any],
+    *,
+    share: float = FIP_SHARE,
+    alpha: float = 1.0,
+    lr_factor: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The stages of one method's branch at sparsity ``s`` under recipe ``rec`` (FIP:
-    ``share`` of the budget on the path, the rest masked fine-tuning)."""
-    lr, opt = rec["lr"], rec["optimizer"]
+    ``share`` of the budget on the path, the rest masked fine-tuning, invariance weight
+    ``alpha``); ``lr_factor`` scales the recipe's learning rate."""
+    lr, opt = rec["lr"] * lr_factor, rec["optimizer"]
     if method == "oneshot":
         return [_prune("prune", s)]
     if method == "oneshot-ft":
@@ -172,7 +197,7 @@ def branches(
             s_r = 1 - (1 - s) ** (r / IMP_ROUNDS)
             stages += [
                 _prune(f"prune-{r}", round(s_r, 6)),
-                _train(f"train-{r}", budget // IMP_ROUNDS, lr, opt, start_from="warmup"),
+                _train(f"train-{r}", budget, lr, opt, start_from="warmup"),
             ]
         return stages
     path = int(budget * share)
@@ -189,7 +214,7 @@ def branches(
             **_train("sparsify", path, lr),
             "batch_size": BATCH // 2,
             "memory_batch": BATCH // 2,
-            "integrator": {**_integrator("penalty", lr, opt), "alpha": 1.0},
+            "integrator": {**_integrator("penalty", lr, opt), "alpha": alpha},
             "metric": "kl",
             "objectives": [target, "task_ce"],
             "prune": {"sparsity": s, "every": None},
@@ -207,10 +232,26 @@ def trunk_lr(arch: str, shape: str | None = None) -> Any:
     return lr
 
 
-def config(arch: str, seed: int) -> dict[str, Any]:
+def branch_name(method: str, s: float, choice: int) -> str:
+    return f"{method}_{s:g}_c{choice}"
+
+
+def tuned(method: str, s: float, choice: int, budget: int, rec: dict[str, Any]) -> list[dict]:
+    t = TUNE[method][choice]
+    return branches(method, s, budget, rec, alpha=t.get("alpha", 1.0), lr_factor=t.get("lr", 1.0))
+
+
+def config(arch: str, seed: int, chosen: dict[str, int] | None = None) -> dict[str, Any]:
+    """``arch``'s run for ``seed``: every configuration of TUNE (``chosen`` None, the tuning
+    seed) or only the chosen one per branch (``chosen``: ``"{method}_{s}"`` -> index)."""
     a = ARCHS[arch]
     rec = arch_recipe(arch)
-    br = {f"{m}_{s:g}": branches(m, s, a["budget"], rec) for s in a["sparsities"] for m in METHODS}
+    br = {}
+    for s in a["sparsities"]:
+        for m in METHODS:
+            picks = range(len(TUNE[m])) if chosen is None else [chosen[f"{m}_{s:g}"]]
+            for c in picks:
+                br[branch_name(m, s, c)] = tuned(m, s, c, a["budget"], rec)
     return {
         "name": f"sparsity-{arch}",
         "model": a["model"],
@@ -236,10 +277,10 @@ def examples(stages: list[dict[str, Any]]) -> int:
     return n
 
 
-def measure(arch: str, seed: int) -> dict[str, Any]:
+def measure(arch: str, seed: int, chosen: dict[str, int] | None = None) -> dict[str, Any]:
     import fipframe
 
-    cfg = config(arch, seed)
+    cfg = config(arch, seed, chosen)
     out = ROOT / "runs" / "sparsity" / f"{arch}-{seed}"
     shutil.rmtree(out, ignore_errors=True)  # an interrupted attempt starts over
     t0 = time.monotonic()
@@ -285,7 +326,7 @@ def measure(arch: str, seed: int) -> dict[str, Any]:
 
 def signature(arch: str) -> dict[str, Any]:
     """What a stored run must match to sit in ``arch``'s table: trunk shape and recipe."""
-    return {"trunk": ARCHS[arch]["trunk"], **arch_recipe(arch)}
+    return {"trunk": ARCHS[arch]["trunk"], "protocol": PROTOCOL, **arch_recipe(arch)}
 
 
 # runs stored before recipes were recorded: constant trunk, Adam at 1e-3, l2 pull of 100
@@ -319,6 +360,31 @@ def current(raw: dict[str, Any], arch: str) -> list[dict[str, Any]]:
 
 def _stats(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+TUNE_SEED = 0
+
+
+def choices(tuning: dict[str, Any], arch: str) -> dict[str, int]:
+    """Per ``"{method}_{s}"``, the configuration with the best validation accuracy in the
+    tuning seed's run (ties: the first)."""
+    out = {}
+    for s in ARCHS[arch]["sparsities"]:
+        for m in METHODS:
+            vals = [tuning[branch_name(m, s, c)]["val"] for c in range(len(TUNE[m]))]
+            out[f"{m}_{s:g}"] = max(range(len(vals)), key=lambda c, v=vals: (v[c], -c))
+    return out
+
+
+def outcome(a: list[float], b: list[float]) -> str:
+    """lead / tie / loss of ``a`` against ``b``: a leads when its mean exceeds b's by more than
+    the larger of the two seed standard deviations."""
+    (ma, sa), (mb, sb) = _stats(a), _stats(b)
+    if ma - mb > max(sa, sb):
+        return "lead"
+    if mb - ma > max(sa, sb):
+        return "loss"
+    return "tie"
 
 
 def write(raw: dict[str, Any]) -> None:
@@ -363,15 +429,23 @@ def write(raw: dict[str, Any]) -> None:
             + " | examples | s |",
             "|---|" + "---|" * (len(a["sparsities"]) + 2),
         ]
+        chosen = choices(raw[f"{arch}/{TUNE_SEED}"], arch)
+
+        def accs(m: str, s: float, runs=runs, chosen=chosen) -> list[float]:
+            return [100 * r[branch_name(m, s, chosen[f"{m}_{s:g}"])]["test"] for r in runs]
+
         for m in METHODS:
             cells = []
             for s in a["sparsities"]:
-                accs = [100 * r[f"{m}_{s:g}"]["test"] for r in runs]
-                mean, sd = _stats(accs)
+                mean, sd = _stats(accs(m, s))
                 cells.append(f"{mean:.2f} +- {sd:.2f}" if len(runs) > 1 else f"{mean:.2f}")
-            first = runs[0][f"{m}_{a['sparsities'][0]:g}"]
+            first = runs[0][
+                branch_name(m, a["sparsities"][0], chosen[f"{m}_{a['sparsities'][0]:g}"])
+            ]
             secs = statistics.mean(
-                r[f"{m}_{s:g}"]["seconds"] for r in runs for s in a["sparsities"]
+                r[branch_name(m, s, chosen[f"{m}_{s:g}"])]["seconds"]
+                for r in runs
+                for s in a["sparsities"]
             )
             lines.append(
                 f"| {m} | "
@@ -381,17 +455,53 @@ def write(raw: dict[str, Any]) -> None:
         lines.append("")
         verdict = []
         for s in a["sparsities"]:
-            means = {
-                m: statistics.mean(100 * r[f"{m}_{s:g}"]["test"] for r in runs) for m in METHODS
-            }
-            best = max((m for m in METHODS if m != "fip"), key=means.get)  # type: ignore[arg-type]
-            verdict.append(
-                f"{100 * s:g}%: FIP {means['fip']:.2f} vs best baseline {best} "
-                f"{means[best]:.2f} ({means['fip'] - means[best]:+.2f})"
+            for m in METHODS:
+                if m != "fip":
+                    diff = _stats(accs("fip", s))[0] - _stats(accs(m, s))[0]
+                    verdict.append(
+                        f"| {100 * s:g}% | {m} | {outcome(accs('fip', s), accs(m, s))} "
+                        f"| {diff:+.2f} |"
+                    )
+        lines += [
+            "FIP against each baseline (rule: lead when the difference of the means exceeds the "
+            "larger of the two seed standard deviations, loss when the other leads, tie "
+            "otherwise):",
+            "",
+            "| sparsity | against | outcome | difference (points) |",
+            "|---|---|---|---:|",
+            *verdict,
+            "",
+        ]
+        tune_rows = []
+        tuning = raw[f"{arch}/{TUNE_SEED}"]
+        for m in METHODS:
+            if len(TUNE[m]) < 2:
+                continue
+            cells = []
+            for s in a["sparsities"]:
+                vals = [
+                    ("**" if c == chosen[f"{m}_{s:g}"] else "")
+                    + f"{100 * tuning[branch_name(m, s, c)]['val']:.2f}"
+                    + ("**" if c == chosen[f"{m}_{s:g}"] else "")
+                    for c in range(len(TUNE[m]))
+                ]
+                cells.append(" / ".join(vals))
+            settings = ", ".join(
+                ", ".join(f"{k} {'x' if k == 'lr' else ''}{v:g}" for k, v in t.items())
+                for t in TUNE[m]
             )
-        lines += ["Target FIP >= every baseline: " + "; ".join(verdict) + ".", ""]
+            tune_rows.append(f"| {m} ({settings}) | " + " | ".join(cells) + " |")
+        lines += [
+            f"Tuning (seed {TUNE_SEED}, validation accuracy %, the chosen setting in bold; `lr x` "
+            "multiplies the recipe's learning rate):",
+            "",
+            "| method (settings) | " + " | ".join(f"{100 * s:g}%" for s in a["sparsities"]) + " |",
+            "|---|" + "---|" * len(a["sparsities"]),
+            *tune_rows,
+            "",
+        ]
         if arch == "lenet300" and 0.98 in a["sparsities"]:
-            fip98 = statistics.mean(100 * r["fip_0.98"]["test"] for r in runs)
+            fip98 = statistics.mean(accs("fip", 0.98))
             lines += [
                 f"Target LeNet-300-100 at 98% within 1 point of dense: FIP {fip98:.2f} vs dense "
                 f"{dm:.2f} ({fip98 - dm:+.2f}).",
@@ -404,10 +514,10 @@ def write(raw: dict[str, Any]) -> None:
         "",
     ]
     write_keeping(DOC, "\n".join(lines), "## What we learned")
-    plot(table)
+    plot(table, {arch: choices(raw[f"{arch}/{TUNE_SEED}"], arch) for arch in table})
 
 
-def plot(table: dict[str, list[dict[str, Any]]]) -> None:
+def plot(table: dict[str, list[dict[str, Any]]], chosen: dict[str, dict[str, int]]) -> None:
     """Accuracy against sparsity per arch, and LeNet's accuracy along the FIP path."""
     import matplotlib
 
@@ -420,7 +530,12 @@ def plot(table: dict[str, list[dict[str, Any]]]) -> None:
         for m in METHODS:
             if m == "oneshot":
                 continue
-            ys = [statistics.mean(100 * r[f"{m}_{s:g}"]["test"] for r in runs) for s in xs]
+            ys = [
+                statistics.mean(
+                    100 * r[branch_name(m, s, chosen[arch][f"{m}_{s:g}"])]["test"] for r in runs
+                )
+                for s in xs
+            ]
             ax.plot([100 * s for s in xs], ys, marker="o", label=m)
         ax.axhline(statistics.mean(100 * r["dense"]["test"] for r in runs), color="k", ls=":")
         ax.set_title(arch)
@@ -436,7 +551,8 @@ def plot(table: dict[str, list[dict[str, Any]]]) -> None:
     first = table["lenet300"][0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in ARCHS["lenet300"]["sparsities"]:
-        path = [p for p in first[f"fip_{s:g}"]["path"] if p["projected"] is not None]
+        name = branch_name("fip", s, chosen["lenet300"][f"fip_{s:g}"])
+        path = [p for p in first[name]["path"] if p["projected"] is not None]
         ax.plot(
             [100 * p["target"] for p in path],
             [100 * p["projected"] for p in path],
@@ -465,14 +581,22 @@ def main() -> int:
     raw = json.loads(RAW.read_text()) if RAW.exists() else {}
     if not args.write_only:
         for arch in args.archs:
-            for seed in args.seeds if args.seeds is not None else range(ARCHS[arch]["seeds"]):
+            seeds = args.seeds if args.seeds is not None else range(ARCHS[arch]["seeds"])
+            # the tuning seed first: the other seeds run the settings it chose
+            for seed in sorted(seeds, key=lambda x: x != TUNE_SEED):
                 key = f"{arch}/{seed}"
                 done = key in raw and raw[key].get("recipe", LEGACY) == signature(arch)
                 if done and not args.rerun:
                     print(f"{key}: done before, skipped", file=sys.stderr)
                     continue
+                tuning = raw.get(f"{arch}/{TUNE_SEED}")
+                if seed != TUNE_SEED and (
+                    tuning is None or tuning.get("recipe", LEGACY) != signature(arch)
+                ):
+                    raise SystemExit(f"{key}: run the tuning seed {TUNE_SEED} first")
+                chosen = None if seed == TUNE_SEED else choices(tuning, arch)  # type: ignore[arg-type]
                 print(f"{key}: running", file=sys.stderr, flush=True)
-                raw = save(key, measure(arch, seed))
+                raw = save(key, measure(arch, seed, chosen))
                 write(raw)
     write(raw)
     print(DOC.read_text())

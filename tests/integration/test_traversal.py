@@ -273,12 +273,14 @@ def test_cnn_traversal_with_a_scheduled_step(tiny, tmp_path):
     assert old > 0.9 and new > 0.8
 
 
-@pytest.mark.slow
 def test_demo_preset_meets_its_claims(tmp_path):
+    """The README's demo, seed 0 (about a minute): FIP, reading only the stored images, keeps
+    more of digits 0-4 than replay, which also reads their labels; both learn 5-9; fine-tuning
+    forgets 0-4."""
     result = run(load_config(preset="split-mnist"), out=tmp_path / "demo")
     fine, fip, er = (result.accuracies(b) for b in ("finetune", "fip", "replay"))
-    assert fine[0] < 0.05 and fip[0] > 0.8 and fip[1] > 0.95
-    assert sum(fip) >= sum(er) - 0.02
+    assert fine[0] < 0.05 and fip[0] > 0.85 and fip[1] > 0.95 and er[1] > 0.95
+    assert fip[0] > er[0], (fip, er)
 
 
 def test_stored_logit_anchor_differs_from_the_stage_start_and_resumes(tiny, tmp_path):

@@ -40,11 +40,19 @@ def test_every_method_trains_with_the_arch_recipe(sp, arch):
     want = rec["optimizer"]["name"] if rec["optimizer"] else "adam"
     seen = set()
     for name, st in _training_stages(cfg):
-        seen.add(name.split("_")[0])
+        method, choice = name.split("_")[0], int(name.rsplit("_c", 1)[1])
+        seen.add(method)
         assert st.integrator.optimizer.name == want, (name, st.name)
-        assert value_at(st.integrator.lr, 0.5) == pytest.approx(rec["lr"]), (name, st.name)
+        factor = sp.TUNE[method][choice].get("lr", 1.0)
+        assert value_at(st.integrator.lr, 0.5) == pytest.approx(factor * rec["lr"]), name
+        if method == "fip" and st.name == "sparsify":
+            assert st.integrator.alpha == sp.TUNE["fip"][choice]["alpha"]
     assert seen == {"oneshot-ft", "gmp", "imp", "fip"}
-    pull = cfg.branches["fip_0.9"][0].objectives[0]
+    # every tuned method tries the same number of settings, on every sparsity
+    for m in ("oneshot-ft", "gmp", "imp", "fip"):
+        names = [n for n in cfg.branches if n.startswith(f"{m}_0.9_")]
+        assert len(names) == sp.TUNE_BUDGET, (m, names)
+    pull = cfg.branches["fip_0.9_c0"][0].objectives[0]
     assert (pull.distance, pull.weight) == (rec["pull"]["distance"], rec["pull"]["weight"])
     dense = cfg.stages[1].integrator.lr
     ends = (value_at(dense, 0.0), value_at(dense, 1.0))
@@ -53,9 +61,33 @@ def test_every_method_trains_with_the_arch_recipe(sp, arch):
         assert value_at(dense, 0.5) == pytest.approx(sp.ARCHS[arch]["lr"] / 2)
     else:
         assert ends == pytest.approx((sp.ARCHS[arch]["lr"],) * 2)
-    # the same examples after the trunk for every method (FIP: half labelled, half stored)
-    budgets = {sp.examples(stages) for stages in sp.config(arch, 0)["branches"].values()}
-    assert budgets == {0, sp.ARCHS[arch]["budget"] * sp.BATCH}
+    # the same examples after the trunk for every method (FIP: half labelled, half stored),
+    # but IMP, whose every round trains for the whole budget
+    raw = sp.config(arch, 0)["branches"]
+    budget = sp.ARCHS[arch]["budget"] * sp.BATCH
+    budgets = {sp.examples(stages) for name, stages in raw.items() if not name.startswith("imp")}
+    assert budgets == {0, budget}
+    imp = {sp.examples(stages) for name, stages in raw.items() if name.startswith("imp")}
+    assert imp == {sp.IMP_ROUNDS * budget}
+    # a later seed runs only the chosen settings
+    chosen = {f"{m}_{s:g}": 1 for m in sp.METHODS for s in sp.ARCHS[arch]["sparsities"]}
+    chosen.update({f"oneshot_{s:g}": 0 for s in sp.ARCHS[arch]["sparsities"]})
+    later = sp.config(arch, 1, chosen)["branches"]
+    assert len(later) == len(sp.METHODS) * len(sp.ARCHS[arch]["sparsities"])
+    assert all(n.endswith("_c1") or n.startswith("oneshot_") for n in later)
+
+
+def test_choices_take_the_best_validation_setting_and_the_rule_is_stated(sp):
+    tuning = {}
+    for s in sp.ARCHS["lenet300"]["sparsities"]:
+        for m in sp.METHODS:
+            for c in range(len(sp.TUNE[m])):
+                tuning[sp.branch_name(m, s, c)] = {"val": 0.5 + 0.1 * ((c + 1) % 3)}
+    chosen = sp.choices(tuning, "lenet300")
+    assert chosen["gmp_0.9"] == 1 and chosen["oneshot_0.9"] == 0
+    assert sp.outcome([98.0, 98.2, 98.1], [97.0, 97.1, 97.2]) == "lead"
+    assert sp.outcome([98.0, 98.2, 98.1], [98.1, 98.0, 98.3]) == "tie"
+    assert sp.outcome([96.0, 96.2, 96.1], [97.0, 97.1, 97.2]) == "loss"
 
 
 def _save(raw_path: str, key: str) -> None:
@@ -81,11 +113,13 @@ def test_runs_from_separate_processes_merge_and_stale_recipes_stay_out(sp, tmp_p
     runs = {
         "resnet18/0": {"recipe": sp.signature("resnet18")},
         "resnet18/1": {},  # stored before recipes were recorded: Adam, constant trunk
-        "lenet300/0": {},
+        "lenet300/0": {"recipe": sp.signature("lenet300")},
+        "lenet300/1": {"recipe": sp.LEGACY},  # the first protocol: no tuning, IMP starved
     }
     assert sp.current(runs, "resnet18") == [runs["resnet18/0"]]
     assert "resnet18/1" in capsys.readouterr().err
     assert sp.current(runs, "lenet300") == [runs["lenet300/0"]]
+    assert "lenet300/1" in capsys.readouterr().err
 
 
 def test_probe_eps_variants_use_the_papers_step_at_equal_examples(sp):
