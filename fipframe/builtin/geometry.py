@@ -167,8 +167,13 @@ class Natural(_Normalised):
         if cfg.preconditioner == "jacobi":
             age = int(state.get("precond_age", -1))
             if age < 0 or age >= cfg.precond_refresh:
-                diag = hutchinson_diag(g, b.numel(), cfg.precond_samples, like=b, seed=max(age, 0))
-                state["precond"], age = jacobi(diag, cfg.damping), 0
+                draws = int(state.get("precond_draws", 0))  # new probe vectors every estimate
+                diag = hutchinson_diag(g, b.numel(), cfg.precond_samples, like=b, seed=draws)
+                state["precond"], state["precond_draws"], age = (
+                    jacobi(diag, cfg.damping),
+                    draws + 1,
+                    0,
+                )
             state["precond_age"] = age + 1
             precond = state["precond"]
         solve = conjugate_gradient(
@@ -197,10 +202,14 @@ class Projected(_Normalised):
         if age < 0 or age >= self.config.refresh:
             g = self.operator(params, problem)
             k = min(self.config.rank, b.numel())
-            eig = lanczos(
-                g, b.numel(), k, iters=self.config.lanczos_iters, like=b, seed=max(age, 0)
+            draws = int(state.get("draws", 0))  # a new start vector at every refresh
+            eig = lanczos(g, b.numel(), k, iters=self.config.lanczos_iters, like=b, seed=draws)
+            state["basis"], state["values"], state["draws"], age = (
+                eig.vectors,
+                eig.values,
+                draws + 1,
+                0,
             )
-            state["basis"], state["values"], age = eig.vectors, eig.values, 0
         state["age"] = age + 1
         basis = state["basis"]
         inside = basis @ b

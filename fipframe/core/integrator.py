@@ -95,6 +95,12 @@ def riemannian_gradient(
     terms = problem.evaluate(like(params, leaves))
     total = terms.objective
     if terms.divergence is not None and alpha:
+        if reduction == "sum" and terms.stored < 1:
+            raise ValueError(
+                "reduction 'sum' needs Terms.stored, the number of stored inputs the divergence "
+                f"averages (got {terms.stored}); a StepProblem.evaluate that returns a "
+                "divergence must say how many inputs it covers"
+            )
         weight = alpha * terms.stored if reduction == "sum" else alpha
         total = total + weight * terms.divergence
     grads = torch.autograd.grad(total, leaves, allow_unused=True)

@@ -127,6 +127,15 @@ def _where(path: str, config: dict[str, Any]) -> tuple[str, int | None] | None:
     return None
 
 
+def _as_now(config: Any, old: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config as this version reads it: fields added since (with their
+    defaults) filled in, so they are not mistaken for changes. Unreadable: as stored."""
+    try:
+        return type(config).model_validate(old).dump()
+    except Exception:  # noqa: BLE001 - a config this version refuses is compared as stored
+        return old
+
+
 def check(
     rd: RunDir,
     config: Any,
@@ -141,7 +150,9 @@ def check(
         return []
     if _recorded(rd, meta["config_digest"], digest(config)):
         return []  # a change accepted by an earlier resume, before its first new checkpoint
-    old, new = meta["config"], config.dump()
+    old, new = _as_now(config, meta["config"]), config.dump()
+    if digest(old) == digest(new):
+        return []  # the same config; a newer fipframe only spells out fields it added since
     changes = diff(old, new)
     keys = [o.split("=", 1)[0] for o in overrides]
     order = ["trunk", *old.get("branches", {})]

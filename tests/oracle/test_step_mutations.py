@@ -193,5 +193,52 @@ def test_sum_reduction_is_the_mean_times_the_stored_inputs():
     ids=["natural", "natural-jacobi", "projected"],
 )
 def test_zero_objective_is_a_fixed_point_through_the_solver(integ):
-    """The kit's fixed-point check, with stored inputs so CG / Lanczos really run."""
+    """The kit's fixed-point check with stored inputs, so the metric path is taken: Lanczos runs
+    and CG is entered (with a zero right-hand side it returns at once, with theta = 0)."""
     check_integrator_fixed_point(integ, Euclidean(), PARAMS, METRIC, stored_forward=FORWARD)
+
+
+def test_cached_basis_and_jacobi_directions_are_projected_before_the_step():
+    """A Lanczos basis from an earlier point, or a Jacobi-preconditioned solve, is not tangent
+    at the current point: the direction is projected before it is normalised."""
+    m = sphere()
+    x0 = m.projx(PARAMS)
+    cfg = ProjectedConfig(eps=0.05, rank=4, refresh=100, lanczos_iters=SPACE.size)
+    integ = Projected(cfg)
+    x1, state, _ = integ.step(x0, integ.init(x0), problem(m))
+    x2, _, _ = integ.step(x1, state, problem(m))
+    basis = state["basis"]  # computed at x0, kept at x1
+    b = SPACE.flatten(m.egrad2rgrad(x1, SPACE.unflatten(grad_at(x1))))
+    raw = b - basis.T @ (basis @ b)
+    d = SPACE.flatten(m.proju(x1, SPACE.unflatten(raw)))
+    assert (raw - d).norm() / raw.norm() > 1e-4  # the cached basis does leave the tangent space
+    want = m.retr(x1, SPACE.unflatten(d / d.norm()), -0.05)
+    torch.testing.assert_close(SPACE.flatten(x2), SPACE.flatten(want), atol=1e-12, rtol=1e-10)
+
+    ncfg = NaturalConfig(eps=0.05, damping=1e-2, cg_tol=1e-3, preconditioner="jacobi")
+    nat = Natural(ncfg)
+    got, nstate, _ = nat.step(x0, nat.init(x0), problem(m))
+    eye = torch.eye(SPACE.size, dtype=torch.float64)
+    proj = torch.stack([SPACE.flatten(m.proju(x0, SPACE.unflatten(e))) for e in eye], 1)
+    # the same preconditioned CG, outside the integrator, then projected and normalised
+    from fipframe.core.linalg import conjugate_gradient
+
+    op = Natural.operator(x0, problem(m))
+    b0 = SPACE.flatten(m.egrad2rgrad(x0, SPACE.unflatten(grad_at(x0))))
+    sol = conjugate_gradient(op, b0, damping=1e-2, iters=500, tol=1e-3, precond=nstate["precond"])
+    off = ((sol.x - proj @ sol.x).norm() / sol.x.norm()).item()
+    assert off > 1e-6  # a truncated PCG is not tangent
+    t = proj @ sol.x
+    want = m.retr(x0, SPACE.unflatten(t / t.norm()), -0.05)
+    torch.testing.assert_close(SPACE.flatten(got), SPACE.flatten(want), atol=1e-12, rtol=1e-10)
+
+
+def test_sum_reduction_without_a_stored_count_is_an_error():
+    def evaluate(p):
+        d = sum((p[k] ** 2).sum() for k in p)
+        return Terms(sum(((p[k] - TARGET[k]) ** 2).sum() for k in p), d, {})  # stored left 0
+
+    prob = StepProblem(evaluate, Euclidean(), METRIC, 0.0, stored_forward=FORWARD)
+    integ = Penalty(PenaltyConfig(alpha=1.0, reduction="sum"))
+    with pytest.raises(ValueError, match="reduction 'sum' needs Terms.stored"):
+        integ.step(PARAMS, integ.init(PARAMS), prob)

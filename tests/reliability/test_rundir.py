@@ -464,3 +464,31 @@ def test_interrupted_before_a_stages_first_record_resumes(small, tmp_path, where
     pm = make_plugin_manager(plugins=[_interrupting_objective(armed=False)])
     result = resume(out, pm=pm)
     assert result.final == RunResult.load(reference).final
+
+
+def test_a_checkpoint_from_before_new_fields_resumes_but_real_changes_are_still_named(
+    tiny, tmp_path
+):
+    """A config dumped by an older fipframe lacks fields added since (here the penalty's
+    ``reduction`` and the natural step's ``cg_tol``): those are not changes. A changed value
+    still is."""
+    from fipframe.errors import RunDirError
+    from fipframe.traversal import integrity
+    from fipframe.traversal.artifact import RunDir
+
+    tiny["branches"]["natural"] = [
+        dict(tiny["branches"]["fip"][0], integrator={"kind": "natural", "eps": 0.05}, metric="kl")
+    ]
+    config = load_config(tiny)
+    old = config.dump()
+    del old["branches"]["fip"][0]["integrator"]["reduction"]
+    del old["branches"]["natural"][0]["integrator"]["cg_tol"]
+    meta = {"config": old, "config_digest": integrity.digest(old), "branch": "trunk"}
+    meta |= {"stage": 0, "step": 10, "done": False}
+    rd = RunDir(tmp_path)
+    assert integrity.check(rd, config, meta) == []
+    changed = copy.deepcopy(old)
+    changed["branches"]["fip"][0]["integrator"]["alpha"] = 7.0
+    meta_changed = dict(meta, config=changed, config_digest=integrity.digest(changed))
+    with pytest.raises(RunDirError, match=r"branches\.fip\.0\.integrator\.alpha: 7\.0 -> 5\.0"):
+        integrity.check(rd, config, meta_changed)
