@@ -434,7 +434,8 @@ def write(raw: dict[str, Any]) -> None:
             f"{a['lr']:g}"
             + (", the dense stage's lr a half cosine to 0" if a["trunk"] == "cosine" else "")
             + f"; budget after it {a['budget']} steps of {BATCH} examples, "
-            f"every method with {opt}; FIP's pull {rec['pull']['distance']} of weight "
+            f"every method with {opt} (baselines: times their tuned factor); FIP's pull "
+            f"{rec['pull']['distance']} of weight "
             f"{rec['pull']['weight']:g}. Threads per run: "
             + ", ".join(str(n) for n in threads)
             + ".",
