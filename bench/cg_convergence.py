@@ -15,37 +15,19 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fipframe.builtin.metrics import KL, KLConfig
-from fipframe.core.adapter import ArchitectureAdapter
 from fipframe.core.linalg import conjugate_gradient, hutchinson_diag, jacobi
 from fipframe.core.params import ParamSpace
-from fipframe.data.mnist import load_mnist
+from fipframe.testing import first_task_mlp
 
 
 def main() -> None:
-    torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    train = load_mnist()[0]
-    x, y = train.x.reshape(len(train.x), -1).float(), train.y
-    old = y < 5
-    model = nn.Sequential(
-        nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10)
-    )
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xo, yo = x[old], y[old]
-    for _ in range(500):
-        i = torch.randint(0, len(xo), (128,))
-        opt.zero_grad()
-        F.cross_entropy(model(xo[i]), yo[i]).backward()
-        opt.step()
-    adapter = ArchitectureAdapter(model)
+    adapter, stored, xn, yn = first_task_mlp(steps=500)
     params = adapter.params()
     space = ParamSpace.of(params)
-    stored = xo[torch.randperm(len(xo))[:128]]
     g = KL(KLConfig()).operator(lambda p: adapter.forward(p, stored), params)
-    xn, yn = x[~old], y[~old]
     i = torch.randint(0, len(xn), (128,))
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     loss = F.cross_entropy(adapter.forward(leaves, xn[i]), yn[i])

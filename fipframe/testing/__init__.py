@@ -12,6 +12,7 @@ from fipframe.testing.kit import (
     check_integrator_fixed_point,
     check_metric,
     check_retraction,
+    first_task_mlp,
     tiny_models,
 )
 from fipframe.testing.text import TinyTextClassifier, token_tasks
@@ -21,6 +22,7 @@ __all__ = [
     "check_integrator_fixed_point",
     "check_metric",
     "check_retraction",
+    "first_task_mlp",
     "tiny_models",
     "token_tasks",
 ]

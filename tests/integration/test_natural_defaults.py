@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fipframe.builtin.geometry import Natural, NaturalConfig
 from fipframe.builtin.metrics import KL, KLConfig
-from fipframe.core.adapter import ArchitectureAdapter
 from fipframe.core.integrator import StepProblem, Terms
 from fipframe.core.linalg import conjugate_gradient
 from fipframe.core.manifold import Euclidean
 from fipframe.core.params import ParamSpace, sub_tree
-from fipframe.data.mnist import load_mnist
+from fipframe.testing import first_task_mlp
 
 
 def test_default_natural_step_converges_on_the_benchmark_mlp():
-    torch.manual_seed(0)
-    train = load_mnist()[0]
-    x, y = train.x.reshape(len(train.x), -1).float(), train.y
-    old = y < 5
-    model = nn.Sequential(
-        nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 10)
-    )
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xo, yo = x[old], y[old]
-    for _ in range(200):
-        i = torch.randint(0, len(xo), (128,))
-        opt.zero_grad()
-        F.cross_entropy(model(xo[i]), yo[i]).backward()
-        opt.step()
-    adapter = ArchitectureAdapter(model)
+    adapter, stored, xn, yn = first_task_mlp(steps=200)
     params = adapter.params()
     space = ParamSpace.of(params)
-    stored = xo[torch.randperm(len(xo))[:128]]
-    xn, yn = x[~old][:128], y[~old][:128]
+    xn, yn = xn[:128], yn[:128]
     metric = KL(KLConfig())
 
     def evaluate(p):
