@@ -206,6 +206,14 @@ class StageBase(_Frozen):
         "schedule and at the stage end at `prune.sparsity`; pruned weights stay zero on the "
         "rest of the path",
     )
+    moves: tuple[str, ...] | None = Field(
+        None,
+        description="globs of the traversable parameters this stage moves (None: all); the "
+        "rest are held where they are (a head-only stage, LoRA factors alone)",
+    )
+    holds: tuple[str, ...] = Field(
+        (), description="globs of traversable parameters held fixed in this stage"
+    )
     start_from: str | None = Field(
         None,
         pattern=NAME,

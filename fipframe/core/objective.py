@@ -120,6 +120,8 @@ class SecondaryObjective(ABC):
 
         Runs every step, so keep it on the device (no ``.item()``) and out of place: the engine
         keeps references to :meth:`state_dict` tensors to roll back non-finite chunks.
+        ``before`` and ``after`` hold every traversable parameter; ``grad`` only those the
+        stage moves (``moves``/``holds``): a held parameter has no gradient and did not move.
         """
 
     def finish(self, params: Params, carry: dict[str, Tensor]) -> None:  # noqa: B027

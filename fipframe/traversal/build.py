@@ -10,6 +10,7 @@ and caches the anchor outputs on the stored inputs. Benches and plugins use both
 
 from __future__ import annotations
 
+import fnmatch
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,19 @@ class Stage:
     fused: bool
     #: the batch sources objectives opened (closed at the stage end: loader workers stop)
     sources: dict[Any, Any] = field(default_factory=dict)
+    #: the parameters this stage moves when it holds some fixed (``moves``/``holds``); None: all
+    moving: tuple[str, ...] | None = None
+
+    def part(self, params: Params) -> Params:
+        """The parameters the integrator moves."""
+        return params if self.moving is None else {n: params[n] for n in self.moving}
+
+    def held(self, params: Params) -> Params | None:
+        """The parameters held fixed in this stage (None when every one moves)."""
+        if self.moving is None:
+            return None
+        keep = set(self.moving)
+        return {n: v.detach() for n, v in params.items() if n not in keep}
 
     def close(self) -> None:
         for source in self.sources.values():
@@ -145,9 +159,12 @@ def build_components(
                 )
     adapter.to(device, dtype)
     check_output(adapter, tasks)
+    for _, stages in config.all_stages():
+        for s in stages:
+            moving_names(adapter.names, s)  # a stage that would move nothing fails here
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
-    mode_dependent = any(isinstance(m, _MODE_DEPENDENT) for m in adapter.model.modules())
+    mode_dependent = any(_mode_dependent(m) for m in adapter.model.modules())
     return Components(
         config,
         registry,
@@ -162,6 +179,13 @@ def build_components(
         "config" if model is None else "python",
         "config" if data is None else "python",
     )
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    """BatchNorm, or dropout that drops something (p = 0 computes the same in both modes)."""
+    if isinstance(module, (nn.Dropout, nn.modules.dropout._DropoutNd)):
+        return float(module.p) > 0.0
+    return isinstance(module, _MODE_DEPENDENT)
 
 
 def check_output(adapter: Any, tasks: TaskSequence) -> None:
@@ -274,4 +298,33 @@ def build_stage(
         stored,
         fused=not comp.mode_dependent,
         sources=sources,
+        moving=moving_names(comp.adapter.names, cfg),
     )
+
+
+def moving_names(names: Any, cfg: Any) -> tuple[str, ...] | None:
+    """The traversable names stage ``cfg`` moves (its ``moves`` minus ``holds``); None: all."""
+    moves = getattr(cfg, "moves", None)
+    holds = tuple(getattr(cfg, "holds", ()))
+    if moves is None and not holds:
+        return None
+    for which, globs in (("moves", moves or ()), ("holds", holds)):
+        if idle := [g for g in globs if not any(fnmatch.fnmatchcase(n, g) for n in names)]:
+            raise ConfigError(
+                f"stage {cfg.name}: {which} {idle} match no traversable parameter; they are: "
+                + ", ".join(list(names)[:8])
+                + (" ..." if len(names) > 8 else "")
+            )
+    chosen = tuple(
+        n
+        for n in names
+        if (moves is None or any(fnmatch.fnmatchcase(n, g) for g in moves))
+        and not any(fnmatch.fnmatchcase(n, g) for g in holds)
+    )
+    if not chosen:
+        listed = ", ".join(list(names)[:8]) + (" ..." if len(names) > 8 else "")
+        raise ConfigError(
+            f"stage {cfg.name}: moves {list(moves) if moves is not None else ['*']} minus holds "
+            f"{list(holds)} match no traversable parameter; they are: {listed}"
+        )
+    return None if len(chosen) == len(names) else chosen

@@ -123,7 +123,7 @@ class StageLoop:
             elif ev.bn_stale:  # a checkpoint from before buffers were saved
                 ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
         else:
-            state, step, scale, rollbacks = st.integrator.init(params), 0, 1.0, 0
+            state, step, scale, rollbacks = st.integrator.init(st.part(params)), 0, 1.0, 0
             lengths = [0.0, 0.0]  # metric (geodesic) and Euclidean length travelled
             # a checkpoint from the very start: an interruption before the first chunk resumes here
             rec.commit(
@@ -175,9 +175,12 @@ class StageLoop:
                     for objective in refreshers:
                         if step % objective.refresh_every == 0:
                             objective.refresh(params, step)
-                    problem = make_problem(comp, st, memory, step, step / cfg.steps, sink)
+                    problem = make_problem(
+                        comp, st, memory, step, step / cfg.steps, sink, st.held(params)
+                    )
                     before = params
-                    params, state, stats = st.integrator.step(params, state, problem, scale)
+                    moved, state, stats = st.integrator.step(st.part(params), state, problem, scale)
+                    params = moved if st.moving is None else {**params, **moved}
                     params = pruner.after_step(params)
                     guard.watch(stats)
                     if sink:

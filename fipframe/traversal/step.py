@@ -29,10 +29,13 @@ def make_problem(
     step: int,
     progress: float,
     sink: list[Params] | None = None,
+    held: Params | None = None,
 ) -> StepProblem:
     """The :class:`StepProblem` of step ``step`` of stage ``st`` (``progress`` = step / steps).
 
     ``sink``, if given, receives the Riemannian gradient the integrator follows (observers).
+    ``held``: parameters fixed in this stage; the problem is then posed over the others
+    alone (the integrator's point, gradients and solves never see the held ones).
     """
     batches = [o.sample(step) for o in st.objectives]
     # one forward per distinct batch: objectives whose batches share a key share its logits
@@ -43,11 +46,13 @@ def make_problem(
         if b is None:
             slot.append(None)
         elif b.key is not None and b.key in placed:
-            held = inputs[placed[b.key]]
-            if I.signature(b.inputs) != I.signature(held) or I.length(b.inputs) != I.length(held):
+            shared = inputs[placed[b.key]]
+            if I.signature(b.inputs) != I.signature(shared) or I.length(b.inputs) != I.length(
+                shared
+            ):
                 raise TraversalError(
                     f"objective {obj.config.kind}: batch key {b.key!r} names rows "
-                    f"{I.describe(held)}, but its inputs are {I.describe(b.inputs)}; equal keys "
+                    f"{I.describe(shared)}, but its inputs are {I.describe(b.inputs)}; equal keys "
                     "must hold the same inputs"
                 )
             slot.append(placed[b.key])
@@ -69,7 +74,11 @@ def make_problem(
     sizes = [I.length(x) for x in parts_in]
     adapter, metric = comp.adapter, st.metric
 
+    def whole(p: Params) -> Params:
+        return p if held is None else {**held, **p}
+
     def evaluate(p: Params) -> Terms:
+        p = whole(p)
         logits: list[Tensor | None] = []
         if sizes:
             everything = I.cat(parts_in)
@@ -99,7 +108,7 @@ def make_problem(
         was = adapter.model.training
         adapter.train(False)
         try:
-            return adapter.forward(p, mem_x)  # type: ignore[arg-type]
+            return adapter.forward(whole(p), mem_x)  # type: ignore[arg-type]
         finally:
             adapter.train(was)
 

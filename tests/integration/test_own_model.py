@@ -311,3 +311,48 @@ def test_a_dataset_plugin_with_bad_labels_exits_2_from_the_cli(tiny, tmp_path, m
     err = capsys.readouterr().err
     assert "error: data: task 0 (t0) test has labels [4, 5] that are not among its classes" in err
     assert not out.exists()
+
+
+def test_a_stage_moves_only_what_it_names_and_resumes_exactly(digits, tmp_path):
+    """``moves``/``holds``: held parameters stay bit-equal, the rest learn, SI and Adam state see
+    only the moving part, and an interrupted run resumes to the same end points."""
+    cfg = copy.deepcopy(CONFIG)
+    cfg["branches"] = {
+        "head": [_stage("second", 1, moves=["body.3.*"])],
+        "body": [
+            _stage(
+                "second",
+                1,
+                holds=["body.3.*"],
+                objectives=["task_ce", {"kind": "si", "weight": 1.0}],
+            )
+        ],
+    }
+    result = fipframe.run(cfg, model=fresh(), data=digits, out=tmp_path / "run")
+    ends = end_points(tmp_path / "run")
+    first = result.load_into(fresh(3), "head", stage="first").state_dict()
+    for name, value in ends["head"].items():
+        same = torch.equal(value, first[name])
+        assert same == (not name.startswith("body.3.")), name
+    for name, value in ends["body"].items():
+        assert torch.equal(value, first[name]) == name.startswith("body.3."), name
+    assert result.final["head"]["task_1"] > 0.6  # the head alone learns the new digits
+    # interrupted mid-stage and resumed: the same end points
+    pm = make_plugin_manager(plugins=[Recorder(stop_after=6)])
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        fipframe.build(load_config(cfg, pm=pm), model=fresh(), data=digits, out=out).run()
+    fipframe.resume(out, model=fresh(), data=digits)
+    again = end_points(out)
+    for branch in ends:
+        for name in ends[branch]:
+            assert torch.equal(again[branch][name], ends[branch][name]), (branch, name)
+    bad = copy.deepcopy(cfg)
+    bad["branches"]["head"][0]["moves"] = ["nothing.*"]
+    with pytest.raises(ConfigError, match=r"stage second: moves \['nothing.\*'\] match no"):
+        fipframe.run(bad, model=fresh(), data=digits, out=tmp_path / "bad")
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()  # refused before the trunk ran
+    bad["branches"]["head"][0]["moves"] = ["body.3.*"]
+    bad["branches"]["head"][0]["holds"] = ["body.3.bias", "bdy.*"]  # a typo is not silent
+    with pytest.raises(ConfigError, match=r"stage second: holds \['bdy.\*'\] match no"):
+        fipframe.run(bad, model=fresh(), data=digits, out=tmp_path / "bad2")
