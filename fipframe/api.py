@@ -21,27 +21,50 @@ from fipframe.traversal.engine import Traversal
 PRESET_PACKAGE = "fipframe.presets"
 
 
-def presets() -> dict[str, str]:
-    """Names of the shipped presets and their first comment line."""
-    out = {}
-    for entry in sorted(importlib.resources.files(PRESET_PACKAGE).iterdir(), key=lambda e: e.name):
+def _preset_files(pm: plugins.FipPluginManager | None = None) -> dict[str, Path]:
+    """Every preset file by name: the shipped ones, then each plugin's directories."""
+    files: dict[str, Path] = {}
+    for entry in importlib.resources.files(PRESET_PACKAGE).iterdir():
         if entry.name.endswith(".yaml"):
-            lines = entry.read_text().splitlines()
-            out[entry.name[:-5]] = lines[0].lstrip("# ").strip() if lines else ""
+            files[entry.name[:-5]] = Path(str(entry))
+    if pm is None:
+        pm = plugins.make_plugin_manager()
+    for dirs in plugins.call_hook(pm, "fipframe_register_presets", ConfigError):
+        if isinstance(dirs, (str, Path)) or not all(isinstance(d, (str, Path)) for d in dirs):
+            raise ConfigError(
+                f"fipframe_register_presets must return a list of directories, got {dirs!r}"
+            )
+        for d in dirs:
+            for entry in sorted(Path(d).glob("*.yaml")):
+                name = entry.name[:-5]
+                if name in files and files[name] != entry:
+                    raise ConfigError(
+                        f"preset {name!r} of {entry} has the name of {files[name]}; rename one"
+                    )
+                files[name] = entry
+    return dict(sorted(files.items()))
+
+
+def presets(pm: plugins.FipPluginManager | None = None) -> dict[str, str]:
+    """Names of the shipped and plugin presets and their first comment line."""
+    out = {}
+    for name, path in _preset_files(pm).items():
+        lines = path.read_text().splitlines()
+        out[name] = lines[0].lstrip("# ").strip() if lines else ""
     return out
 
 
-def preset_path(name: str) -> Path:
-    path = importlib.resources.files(PRESET_PACKAGE) / f"{name}.yaml"
-    if not path.is_file():
+def preset_path(name: str, pm: plugins.FipPluginManager | None = None) -> Path:
+    files = _preset_files(pm)
+    if name not in files:
         from fipframe.registry import did_you_mean
 
-        known = list(presets())
+        known = list(files)
         raise ConfigError(
             f"preset: unknown preset {name!r}; presets: {', '.join(known)}"
             + did_you_mean(name, known)
         )
-    return Path(str(path))
+    return files[name]
 
 
 def load_config(
@@ -59,7 +82,7 @@ def load_config(
     registry = pm.registry
     label = None
     if preset is not None:
-        source = preset_path(preset)
+        source = preset_path(preset, pm)
     if isinstance(source, (str, Path)):
         label = str(source)
         data = read_file(source)

@@ -108,8 +108,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from fipframe.api import presets
 
-    for name, summary in presets().items():
-        print(f"{name:<20} {summary}")
+    for name, summary in presets(args.pm).items():
+        print(f"{name:<24} {summary}")
     return 0
 
 
@@ -206,7 +206,7 @@ def parser(pm: Any) -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list kinds per family and where they come from").set_defaults(
         func=cmd_plugins
     )
-    sub.add_parser("presets", help="list shipped presets").set_defaults(func=cmd_presets)
+    sub.add_parser("presets", help="list shipped and plugin presets").set_defaults(func=cmd_presets)
     p = sub.add_parser("report", help="table and plot of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)

@@ -138,6 +138,22 @@ def fipframe_register_loggers() -> list[Spec]:
 
 
 @hookspec
+def fipframe_register_presets() -> list[str]:
+    """Return directories holding this plugin's preset files (``NAME.yaml``).
+
+    ``fipframe presets`` lists them beside the shipped ones and ``--preset NAME`` runs them;
+    a name already taken by fipframe or an earlier plugin is refused (listing or loading any
+    preset then fails, naming both files).
+
+    Example::
+
+        @fipframe.hookimpl
+        def fipframe_register_presets():
+            return [str(importlib.resources.files("my_plugin") / "presets")]
+    """
+
+
+@hookspec
 def fipframe_check_config(config: Any, registry: Registry) -> list[str] | None:
     """Check rules that span several components of a validated RunConfig.
 

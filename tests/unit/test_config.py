@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -63,7 +64,8 @@ def test_missing_kind(tiny, pm):
     tiny["model"] = {"hidden": [3]}
     with pytest.raises(ConfigError) as exc:
         load_config(tiny, pm=pm)
-    assert problems(exc)[0].startswith("model: missing 'kind' (one of: lenet300, lenet5, mlp")
+    first = problems(exc)[0]
+    assert first.startswith("model: missing 'kind' (one of: ") and "lenet300, lenet5, mlp" in first
 
 
 def test_cross_component_checks_are_reported_together(tiny, pm):
@@ -123,6 +125,52 @@ def test_json_and_overrides(tmp_path, tiny, pm):
 def test_unknown_preset_suggests():
     with pytest.raises(ConfigError, match="did you mean 'split-mnist'"):
         preset_path("split-mnsit")
+
+
+def test_plugins_ship_presets_and_a_broken_hook_is_named(tmp_path):
+    from fipframe import hookimpl
+    from fipframe.api import presets
+    from fipframe.plugins import make_plugin_manager
+
+    (tmp_path / "mine.yaml").write_text(
+        "# my preset\n"
+        + (Path(__file__).parents[2] / "fipframe/presets/split-mnist.yaml").read_text()
+    )
+
+    class Ships:
+        @hookimpl
+        def fipframe_register_presets(self):
+            return [str(tmp_path)]
+
+    pm = make_plugin_manager(entry_points_enabled=False, plugins=[Ships()])
+    assert presets(pm)["mine"] == "my preset" and "split-mnist" in presets(pm)
+    assert load_config(preset="mine", pm=pm).name == "split-mnist"
+
+    class Clash:
+        @hookimpl
+        def fipframe_register_presets(self):
+            (tmp_path / "clash").mkdir(exist_ok=True)
+            (tmp_path / "clash" / "split-mnist.yaml").write_text("name: x\n")
+            return [str(tmp_path / "clash")]
+
+    with pytest.raises(ConfigError, match="preset 'split-mnist' of .*clash.* has the name of"):
+        presets(make_plugin_manager(entry_points_enabled=False, plugins=[Clash()]))
+
+    class Bare:
+        @hookimpl
+        def fipframe_register_presets(self):
+            return str(tmp_path)  # a string, not a list
+
+    with pytest.raises(ConfigError, match="must return a list of directories"):
+        presets(make_plugin_manager(entry_points_enabled=False, plugins=[Bare()]))
+
+    class Broken:
+        @hookimpl
+        def fipframe_register_presets(self):
+            raise OSError("disk gone")
+
+    with pytest.raises(ConfigError, match="fipframe_register_presets failed .*disk gone"):
+        presets(make_plugin_manager(entry_points_enabled=False, plugins=[Broken()]))
 
 
 def test_schema_follows_installed_plugins(pm, pm_builtin):
