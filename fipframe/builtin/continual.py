@@ -175,8 +175,20 @@ class EWC(SecondaryObjective):
             logp = torch.log_softmax(adapter.forward(p, I.take(xi, None)), dim=-1)
             return -logp.gather(1, yi[None]).sum()
 
-        grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))(point, x, y)
-        return {n: v.square().sum(0) for n, v in grads.items()}
+        try:
+            grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))(point, x, y)
+            return {n: v.square().sum(0) for n, v in grads.items()}
+        except RuntimeError as exc:
+            # models with data-dependent control flow in their forward (Hugging Face attention
+            # masks check `mask.all()`) cannot be vmapped: one gradient per input instead
+            if "vmap" not in str(exc):
+                raise
+        total = {n: torch.zeros_like(v) for n, v in point.items()}
+        for i in range(I.length(x)):
+            grad = torch.func.grad(nll)(point, I.take(x, torch.tensor(i)), y[i])
+            for n, v in grad.items():
+                total[n] += v.square()
+        return total
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         if self.offset is None:
@@ -205,7 +217,11 @@ class SI(SecondaryObjective):
         self.prev = {n: ctx.carry[f"si/anchor/{n}"] for n in names} if have else None
 
     def observe(self, before: Params, after: Params, grad: Params) -> None:
-        self.work = {n: w - grad[n] * (after[n] - before[n]) for n, w in self.work.items()}
+        # parameters a stage holds fixed have no gradient here and did not move
+        self.work = {
+            n: w - grad[n] * (after[n] - before[n]) if n in grad else w
+            for n, w in self.work.items()
+        }
 
     def state_dict(self) -> dict[str, Tensor]:
         return dict(self.work)

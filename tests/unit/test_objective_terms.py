@@ -46,3 +46,37 @@ def test_lwf_is_t_squared_times_the_batch_mean_kl_over_earlier_classes(temperatu
     moved = LOGITS.clone()
     moved[:, 4:] += 5.0
     assert lwf.loss({}, moved, None).item() == pytest.approx(want, rel=1e-12)
+
+
+class _Branchy(torch.nn.Module):
+    """An MLP whose forward branches on its input (as Hugging Face attention masks do), so
+    torch.func.vmap cannot trace it."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if bool((x.abs().sum() >= 0).item()):  # always true, but data-dependent
+            return self.net(x)
+        return -self.net(x)
+
+
+def test_ewc_fisher_without_vmap_equals_the_vmapped_one():
+    """Models vmap cannot trace get one gradient per input: the same sampled Fisher."""
+    from fipframe.builtin.continual import EWC
+    from fipframe.core.adapter import ArchitectureAdapter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    x = torch.randn(6, 5)
+    plain, branchy = ArchitectureAdapter(net), ArchitectureAdapter(_Branchy(net))
+    point = plain.params()
+    want = EWC._sampled(plain, point, x, torch.Generator().manual_seed(1))
+    moved = {f"net.{k}": v for k, v in point.items()}
+    with pytest.raises(RuntimeError, match="vmap"):  # the fallback is really taken
+        torch.func.vmap(lambda xi: branchy.forward(moved, xi[None]))(x)
+    got = EWC._sampled(branchy, moved, x, torch.Generator().manual_seed(1))
+    for k, v in want.items():
+        torch.testing.assert_close(got[f"net.{k}"], v, rtol=1e-5, atol=1e-7)
+    assert all(v.abs().sum() > 0 for v in want.values())
