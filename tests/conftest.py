@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 import pytest
 
 from fipframe.plugins import make_plugin_manager
+
+# the Hugging Face tests load bundled and generated checkpoints only: never ask the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 TINY: dict[str, Any] = {
     "name": "tiny",
