@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -30,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-from _report import write_keeping
+from _report import mean_std, outcome, write_keeping
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = "## What we learned"
@@ -201,12 +200,6 @@ def worker(
     Path(out).write_text(json.dumps(payload))
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the first tunes")
@@ -328,18 +321,6 @@ def _tuned(raw: dict, args: argparse.Namespace, sequence: str, method: str) -> b
     """Every configuration of ``method`` ran on the tuning seed, under the present grid."""
     keys = [_key(args, sequence, method, c, args.seeds[0]) for c in range(BUDGET)]
     return all(k in raw and raw[k].get("config") == GRID[method][c] for c, k in enumerate(keys))
-
-
-def outcome(a: list[float], b: list[float]) -> str:
-    """lead / tie / loss of ``a`` against ``b``: a leads when its mean exceeds b's by more than
-    the larger of the two seed standard deviations."""
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    margin = max(sa, sb)
-    if ma - mb > margin:
-        return "lead"
-    if mb - ma > margin:
-        return "loss"
-    return "tie"
 
 
 def write_report(raw: dict, args: argparse.Namespace) -> None:

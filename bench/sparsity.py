@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _report import write_keeping
+from _report import mean_std, outcome, write_keeping
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = ROOT / "runs" / "sparsity.json"
@@ -361,10 +361,6 @@ def current(raw: dict[str, Any], arch: str) -> list[dict[str, Any]]:
     return [raw[k] for k in keys if k not in stale]
 
 
-def _stats(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
 TUNE_SEED = 0
 
 
@@ -377,17 +373,6 @@ def choices(tuning: dict[str, Any], arch: str) -> dict[str, int]:
             vals = [tuning[branch_name(m, s, c)]["val"] for c in range(len(TUNE[m]))]
             out[f"{m}_{s:g}"] = max(range(len(vals)), key=lambda c, v=vals: (v[c], -c))
     return out
-
-
-def outcome(a: list[float], b: list[float]) -> str:
-    """lead / tie / loss of ``a`` against ``b``: a leads when its mean exceeds b's by more than
-    the larger of the two seed standard deviations."""
-    (ma, sa), (mb, sb) = _stats(a), _stats(b)
-    if ma - mb > max(sa, sb):
-        return "lead"
-    if mb - ma > max(sa, sb):
-        return "loss"
-    return "tie"
 
 
 def write(raw: dict[str, Any]) -> None:
@@ -419,7 +404,7 @@ def write(raw: dict[str, Any]) -> None:
                 file=sys.stderr,
             )
         runs = kept
-        dm, ds = _stats([100 * r["dense"]["test"] for r in runs])
+        dm, ds = mean_std([100 * r["dense"]["test"] for r in runs])
         rec = arch_recipe(arch)
         opt = (
             f"SGD (momentum {rec['optimizer']['momentum']}) at {rec['lr']:g}"
@@ -452,7 +437,7 @@ def write(raw: dict[str, Any]) -> None:
         for m in METHODS:
             cells = []
             for s in a["sparsities"]:
-                mean, sd = _stats(accs(m, s))
+                mean, sd = mean_std(accs(m, s))
                 cells.append(f"{mean:.2f} +- {sd:.2f}" if len(runs) > 1 else f"{mean:.2f}")
             first = runs[0][
                 branch_name(m, a["sparsities"][0], chosen[f"{m}_{a['sparsities'][0]:g}"])
@@ -472,7 +457,7 @@ def write(raw: dict[str, Any]) -> None:
         for s in a["sparsities"]:
             for m in METHODS:
                 if m != "fip":
-                    diff = _stats(accs("fip", s))[0] - _stats(accs(m, s))[0]
+                    diff = mean_std(accs("fip", s))[0] - mean_std(accs(m, s))[0]
                     verdict.append(
                         f"| {100 * s:g}% | {m} | {outcome(accs('fip', s), accs(m, s))} "
                         f"| {diff:+.2f} |"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # is Hugging Face's and `_report` is found all the same
 HERE = str(ROOT / "bench")
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [HERE]
-from _report import write_keeping  # noqa: E402
+from _report import mean_std, outcome, write_keeping  # noqa: E402
 
 NOTES = "## What we learned"
 BUDGET = 2  # configurations per method, the same for every method
@@ -175,24 +174,6 @@ def probe(method: str, spec: dict, args: argparse.Namespace, out: str) -> None:
         "threads": torch.get_num_threads(),
     }
     Path(out).write_text(json.dumps(payload))
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
-
-
-def outcome(a: list[float], b: list[float]) -> str:
-    """lead / tie / loss: a leads when its mean exceeds b's by more than the larger seed std."""
-    if not a or not b:
-        return "n/a"
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    if ma - mb > max(sa, sb):
-        return "lead"
-    if mb - ma > max(sa, sb):
-        return "loss"
-    return "tie"
 
 
 def _key(args: argparse.Namespace, seed: int, tag: str) -> str:
