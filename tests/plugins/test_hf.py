@@ -93,12 +93,12 @@ def _text_inputs(n: int = 3, length: int = 5, vocab: int = 40):
 # -- metric products through Hugging Face attention ------------------------------------------
 @pytest.mark.parametrize("mode", ["forward", "fused", "reverse"])
 @pytest.mark.parametrize("kind", ["l2", "kl", "bhattacharyya"])
-@pytest.mark.parametrize("arch", ["bert", "vit"])
+@pytest.mark.parametrize("arch", ["bert", "vit", "timm"])
 def test_metric_products_through_hf_attention_match_the_dense_oracle(arch, kind, mode):
     if arch == "bert":
         model, inputs = tiny_bert(), _text_inputs()
     else:
-        model = tiny_vit()
+        model = tiny_timm() if arch == "timm" else tiny_vit()
         inputs = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4)).double()
     # the word embeddings of unused tokens have no gradient: keep the dense oracle small
     params = {n: p.detach() for n, p in model.named_parameters() if "word_embeddings" not in n}
@@ -132,14 +132,27 @@ def _zeroed(params, members, unit, units):
     return out
 
 
-@pytest.mark.parametrize("arch", ["bert", "vit", "deit"])
+def tiny_timm():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    options = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2}
+    return (
+        timm.create_model(
+            "vit_tiny_patch16_224", num_classes=3, in_chans=1, mlp_ratio=0.75, **options
+        )
+        .double()
+        .eval()
+    )
+
+
+@pytest.mark.parametrize("arch", ["bert", "vit", "deit", "timm"])
 def test_head_and_neuron_groups_cut_whole_units(arch):
     """Zeroing one head's query/key/value rows changes nothing once its columns of the output
     projection are zero: the group's members line up. Zeroing a neuron of the MLP removes it."""
     if arch == "bert":
         model, inputs = tiny_bert(), _text_inputs()
     else:
-        model = tiny_vit(deit=arch == "deit")
+        model = tiny_timm() if arch == "timm" else tiny_vit(deit=arch == "deit")
         inputs = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4)).double()
     groups = transformer_groups(model)
     heads = [g for g in groups if g.name.endswith(".heads")]
@@ -150,7 +163,8 @@ def test_head_and_neuron_groups_cut_whole_units(arch):
     f = _forward(model, inputs)
     head = heads[0]
     out_only = [m for m in head.members if m.dim == 1]
-    assert len(out_only) == 1 and len(head.members) in (4, 7)  # q, k, v (+ biases), output
+    # q, k, v (+ biases) or timm's packed qkv (+ bias), and the output projection
+    assert len(out_only) == 1 and len(head.members) in (3, 7)
     base = f(_zeroed(params, out_only, 1, 2))
     torch.testing.assert_close(f(_zeroed(params, head.members, 1, 2)), base)
     assert not torch.allclose(base, f(params))  # the head mattered
@@ -545,3 +559,24 @@ def test_hf_image_runs_fip_on_split_mnist(tmp_path):
     for branch in ("finetune", "fip"):  # both learn on the second task (slowly: a tiny ViT)
         losses = [r["metrics"]["loss/task_ce"] for r in result.records if r["branch"] == branch]
         assert losses[-1] < losses[0], (branch, losses)
+
+
+def test_timm_models_are_an_architecture_kind():
+    pytest.importorskip("timm")
+    spec = REGISTRY.spec("adapter", "timm")
+    options = {"img_size": 28, "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    adapter = spec.factory(
+        spec.config(name="vit_tiny_patch16_224", options=options),
+        input_shape=(1, 28, 28),
+        num_classes=5,
+    )
+    assert adapter.forward(adapter.params(), torch.rand(4, 1, 28, 28)).shape == (4, 5)
+    assert sorted(g.units for g in transformer_groups(adapter.model)) == [2, 64]  # heads, MLP
+    lora = spec.factory(
+        spec.config(name="vit_tiny_patch16_224", options=options, lora={"target_modules": ["qkv"]}),
+        input_shape=(1, 28, 28),
+        num_classes=5,
+    )
+    assert any("lora_B" in n for n in lora.names)
+    with pytest.raises(ConfigError, match="model.name: timm has no model 'no_such_net'"):
+        spec.factory(spec.config(name="no_such_net"), input_shape=(1, 28, 28), num_classes=5)

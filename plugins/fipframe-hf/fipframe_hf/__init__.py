@@ -13,8 +13,10 @@ from fipframe_hf.models import (
     HFImageConfig,
     HFTextConfig,
     LoRAConfig,
+    TimmConfig,
     build_image,
     build_text,
+    build_timm,
     transformer_groups,
 )
 from fipframe_hf.text import (
@@ -46,6 +48,7 @@ def fipframe_register_adapters() -> list[fipframe.Spec]:
             build_image,
             "Hugging Face image classifier (ViT, DeiT, ...), optional LoRA",
         ),
+        fipframe.Spec("timm", TimmConfig, build_timm, "timm image model (ViT, DeiT, ResNet, ...)"),
     ]
 
 

@@ -112,6 +112,44 @@ class HFImageConfig(_HFConfig):
     kind: Literal["hf_image"] = "hf_image"
 
 
+class TimmConfig(PluginConfig):
+    kind: Literal["timm"] = "timm"
+    name: str = Field(min_length=1, description="timm model name (vit_tiny_patch16_224, ...)")
+    pretrained: bool = Field(False, description="timm's pretrained weights (needs the hub)")
+    options: dict[str, Any] = Field(
+        {}, description="keyword arguments of timm.create_model (img_size, patch_size, depth, ...)"
+    )
+    traversable: tuple[str, ...] = Field(("*",), description="globs of parameters the path moves")
+    frozen: tuple[str, ...] = Field((), description="globs excluded from traversable")
+    lora: LoRAConfig | None = Field(
+        None, description="wrap with peft LoRA (timm's ViT: target_modules [qkv])"
+    )
+
+
+def build_timm(cfg: TimmConfig, *, input_shape: Any, num_classes: int) -> ArchitectureAdapter:
+    """A timm image model with a fresh head of ``num_classes`` and ``in_chans`` from the data."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("model: kind timm needs timm (pip install 'fipframe-hf[timm]')") from None
+    if not isinstance(input_shape, tuple) or len(input_shape) != 3:
+        raise ConfigError(f"model: timm takes images [channels, height, width], not {input_shape}")
+    if not timm.list_models(cfg.name) and not timm.is_model(cfg.name):
+        raise ConfigError(f"model.name: timm has no model {cfg.name!r}")
+    try:
+        model = timm.create_model(
+            cfg.name,
+            pretrained=cfg.pretrained,
+            num_classes=num_classes,
+            in_chans=input_shape[0],
+            **cfg.options,
+        )
+    except (TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise ConfigError(f"model: timm could not build {cfg.name!r}: {exc}") from None
+    model = _with_lora(model, cfg.lora)
+    return _adapter(model, cfg, num_classes)  # type: ignore[arg-type]
+
+
 def _load(auto: Any, cfg: _HFConfig, num_classes: int) -> nn.Module:
     from transformers import AutoConfig
 
@@ -145,11 +183,16 @@ def _load(auto: Any, cfg: _HFConfig, num_classes: int) -> nn.Module:
         raise ConfigError(f"model: {cfg.checkpoint!r}: {exc}") from None
     if cfg.pretrained:
         _fresh_head(model, cfg.checkpoint, fresh)
-    if cfg.lora is not None:
+    return _with_lora(model, cfg.lora)
+
+
+def _with_lora(model: nn.Module, lora: LoRAConfig | None) -> nn.Module:
+    """``model`` wrapped with peft's LoRA on ``lora.target_modules`` (unchanged when None)."""
+    if lora is not None:
         from peft import LoraConfig, get_peft_model
 
         names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        if missing := [t for t in cfg.lora.target_modules if t not in names]:
+        if missing := [t for t in lora.target_modules if t not in names]:
             raise ConfigError(
                 f"model.lora.target_modules: {missing} name no Linear layer of "
                 f"{type(model).__name__}; its Linear layers are {sorted(names)}"
@@ -157,10 +200,10 @@ def _load(auto: Any, cfg: _HFConfig, num_classes: int) -> nn.Module:
         model = get_peft_model(
             model,
             LoraConfig(
-                r=cfg.lora.rank,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
             ),
         )
     return model
@@ -306,6 +349,16 @@ def transformer_groups(model: nn.Module) -> list[PruneGroup]:
     groups: list[PruneGroup] = []
     for name, mod in model.named_modules():
         pre = f"{name}." if name else ""
+        qkv, proj = _linear(mod, "qkv"), _linear(mod, "proj")
+        heads = getattr(mod, "num_heads", None)
+        if qkv and proj and isinstance(heads, int) and qkv.out_features % (3 * heads) == 0:
+            # timm's ViT: one packed projection [q; k; v], then proj
+            dh = qkv.out_features // (3 * heads)
+            members = [Member(f"{pre}qkv.weight", 0, block=dh, repeat=3)]
+            if qkv.bias is not None:
+                members.append(Member(f"{pre}qkv.bias", 0, block=dh, repeat=3))
+            members.append(Member(f"{pre}proj.weight", 1, block=dh))
+            groups.append(PruneGroup(f"{name}.heads", heads, tuple(members), removable=False))
         for q, k, v in _QKV:
             lins = [_linear(mod, n) for n in (q, k, v)]
             if not all(lins):
