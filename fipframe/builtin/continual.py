@@ -178,11 +178,11 @@ class EWC(SecondaryObjective):
         try:
             grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))(point, x, y)
             return {n: v.square().sum(0) for n, v in grads.items()}
-        except RuntimeError as exc:
+        except RuntimeError:
             # models with data-dependent control flow in their forward (Hugging Face attention
-            # masks check `mask.all()`) cannot be vmapped: one gradient per input instead
-            if "vmap" not in str(exc):
-                raise
+            # masks check `mask.all()`) cannot be vmapped: one gradient per input instead (an
+            # error of the model itself comes back from the loop below)
+            pass
         total = {n: torch.zeros_like(v) for n, v in point.items()}
         for i in range(I.length(x)):
             grad = torch.func.grad(nll)(point, I.take(x, torch.tensor(i)), y[i])
