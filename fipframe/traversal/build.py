@@ -125,6 +125,10 @@ def build_components(
         for where, stages in config.all_stages()
         for i, s in enumerate(stages)
         if s.task is not None and s.task >= n
+    ] + [
+        f"memory.learned: task {t} is out of range; the data has {n} tasks (0..{n - 1})"
+        for t in config.memory.learned
+        if t >= n
     ]:
         raise ConfigError(beyond)
     if rs.stream:
@@ -157,11 +161,17 @@ def build_components(
                     f"model: no plugin adapts a {type(model).__name__}; pass a torch.nn.Module "
                     "or a fipframe.ArchitectureAdapter"
                 )
+    if rs.init is not None:
+        start(adapter, rs.init)
     adapter.to(device, dtype)
     check_output(adapter, tasks)
-    for _, stages in config.all_stages():
-        for s in stages:
+    for where, stages in config.all_stages():
+        for i, s in enumerate(stages):
             moving_names(adapter.names, s)  # a stage that would move nothing fails here
+            for j, o in enumerate(s.objectives):
+                check = getattr(registry.spec("objective", o.kind).factory, "check", None)
+                if check is not None:
+                    check(o, adapter, f"{where}[{i}].objectives[{j}]")
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
     mode_dependent = any(_mode_dependent(m) for m in adapter.model.modules())
@@ -179,6 +189,18 @@ def build_components(
         "config" if model is None else "python",
         "config" if data is None else "python",
     )
+
+
+def start(adapter: Any, ref: str) -> None:
+    """Put the point ``ref`` (``run.init``) into the module: every traversable weight, and the
+    frozen weights and buffers the point holds."""
+    from fipframe.eval.points import check_like, load_module, read_point
+
+    point = read_point(ref)
+    model = adapter.model
+    others = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    check_like(point, adapter.params(), "run.init", known=others)
+    load_module(model, point)
 
 
 def _mode_dependent(module: nn.Module) -> bool:

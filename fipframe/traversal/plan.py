@@ -60,6 +60,9 @@ class Walk:
         trunk = PathState(
             Memory(mem.size, mem.selection, seed=comp.config.run.seed), comp.adapter.params()
         )
+        for t in mem.learned:  # what the start point knows: its outputs are the anchor
+            start = trunk.params
+            trunk.memory.add_task(t, comp.tasks.tasks[t], lambda x, p=start: ev.logits(p, x))
         steps = plan(comp.config)
         order = [b for b, _ in steps]
         resume_at = (restart.branch, restart.stage) if restart else None

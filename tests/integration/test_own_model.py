@@ -110,7 +110,7 @@ def test_own_module_and_tensors_run_and_come_back(digits, tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     trunk = result.load_into(fresh(5), "fip", stage="first")
     assert not torch.equal(trunk.body[1].weight, a.body[1].weight)
-    with pytest.raises(ConfigError, match="does not have the run's parameters"):
+    with pytest.raises(ConfigError, match="does not have the run's tensors"):
         result.load_into(fresh(hidden=8), "fip")
 
 
