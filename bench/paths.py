@@ -90,7 +90,8 @@ def base(args: argparse.Namespace, seed: int) -> dict:
 def fip_config(args: argparse.Namespace, a: Path, b: Path, spec: dict) -> dict:
     cfg = base(args, 0)
     cfg["memory"]["learned"] = [0]
-    cfg["run"].update(init=str(a), save_every=max(1, args.path_steps // 20))
+    every = max(1, args.path_steps // 20)  # points are saved at chunk ends
+    cfg["run"].update(init=str(a), save_every=every, chunk=every)
     cfg["stages"] = [
         {
             "name": "connect",

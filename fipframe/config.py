@@ -169,6 +169,16 @@ class RunSettings(_Frozen):
             raise ValueError("'mps' is not available on this machine; use auto or cpu")
         return value
 
+    @model_validator(mode="after")
+    def _points_at_chunk_ends(self) -> RunSettings:
+        if self.save_every and self.save_every % self.chunk:
+            raise ValueError(
+                f"save_every: {self.save_every} is not a multiple of chunk ({self.chunk}); points "
+                "are saved at the ends of chunks, so every point would come at a common multiple "
+                f"of both; set chunk to {self.save_every} or a divisor of it"
+            )
+        return self
+
     @field_validator("progress", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:

@@ -45,6 +45,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fipframe.builtin.geometry",
     "fipframe.builtin.objectives",
     "fipframe.builtin.continual",
+    "fipframe.builtin.paths",
     "fipframe.builtin.adapters",
     "fipframe.builtin.datasets",
     "fipframe.builtin.loggers",
