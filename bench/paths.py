@@ -218,7 +218,9 @@ def report(args, results: dict, choice: dict) -> str:
         f"{100 * mean_std(gaps)[0]:.1f} +- {100 * mean_std(gaps)[1]:.1f} % "
         "of the A-B distance from B; that rest is the straight segment, evaluated with the path.",
         "",
-        "Rule: lower barrier leads when the means differ by more than the larger seed std.",
+        "Seconds to build: the FIP's run includes its evaluation and checkpoint every "
+        f"{max(1, args.path_steps // 20)} steps; a curve's is its training loop alone. Rule: "
+        "lower barrier leads when the means differ by more than the larger seed std.",
         "",
     ]
     neg = lambda xs: [-x for x in xs]  # noqa: E731

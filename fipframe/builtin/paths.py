@@ -79,7 +79,8 @@ class ToNetwork(SecondaryObjective):
         device = next(iter(anchor.values())).device
         point = read_point(self.config.target, device)
         self.names = list(anchor)
-        self.target = {n: point.params[n].to(device, anchor[n].dtype) for n in self.names}
+        weights = point.weights()
+        self.target = {n: weights[n].to(device, anchor[n].dtype) for n in self.names}
         gap = float(_sq_dist(anchor, self.target, self.names))
         if self.config.scale == "relative" and gap == 0.0:
             raise TraversalError(

@@ -15,6 +15,7 @@ are in pixel units (MNIST's usual L-inf budget is 0.3, CIFAR's 8/255).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -51,16 +52,22 @@ class Ensemble(nn.Module):
         self.k = len(modules)
         # the architecture without storage: vmap calls it with the stacked tensors
         self._base = [copy.deepcopy(modules[0]).to("meta")]
-        self.stacked = nn.ParameterDict(
-            {n.replace(".", "__"): nn.Parameter(v, requires_grad=False) for n, v in params.items()}
-        )
-        self._names = list(params)
-        self._buffers = {n: v for n, v in buffers.items()}
-        self.modules_ = modules  # for the loop reference (and attacks on one member)
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        for i, v in enumerate(params.values()):
+            self.register_parameter(f"p{i}", nn.Parameter(v.detach(), requires_grad=False))
+        for i, v in enumerate(buffers.values()):
+            self.register_buffer(f"b{i}", v.detach())
+        self._members = modules  # the loop reference (and attacks on one member)
+
+    @property
+    def modules_(self) -> list[nn.Module]:
+        return self._members
 
     def _stacked(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        params = {n: self.stacked[n.replace(".", "__")] for n in self._names}
-        return params, self._buffers
+        params = {n: getattr(self, f"p{i}") for i, n in enumerate(self._param_names)}
+        buffers = {n: getattr(self, f"b{i}") for i, n in enumerate(self._buffer_names)}
+        return params, buffers
 
     def member_logits(self, x: Tensor) -> Tensor:
         """``[K, N, classes]``: every member's logits, in one vmapped forward (eval mode)."""
@@ -75,16 +82,15 @@ class Ensemble(nn.Module):
 
     def loop_logits(self, x: Tensor) -> Tensor:
         """The same as :meth:`member_logits`, one member after another (the reference)."""
-        return torch.stack([m(x) for m in self.modules_])
+        return torch.stack([m(x) for m in self._members])
 
     def forward(self, x: Tensor) -> Tensor:
-        logp = F.log_softmax(self.member_logits(x).float(), dim=-1)
-        return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(self.k)))
+        logp = F.log_softmax(self.member_logits(x), dim=-1)
+        return torch.logsumexp(logp, dim=0) - math.log(self.k)
 
-    def to(self, *args: Any, **kwargs: Any) -> Ensemble:  # type: ignore[override]
-        super().to(*args, **kwargs)
-        self._buffers = {n: v.to(*args, **kwargs) for n, v in self._buffers.items()}
-        self.modules_ = [m.to(*args, **kwargs) for m in self.modules_]
+    def _apply(self, fn: Any, recurse: bool = True) -> Ensemble:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self._members = [m._apply(fn) for m in self._members]  # .to/.cuda/.double alike
         return self
 
 
@@ -194,12 +200,18 @@ def attack(
             "--no-deps: it pins an old requests)"
         ) from None
     m, s = _channels(mean, x), _channels(std, x)
+    if x.dim() < 2 or m.shape[1] not in (1, x.shape[1]):
+        raise ConfigError(
+            f"attack: {m.shape[1]} per-channel means for inputs of shape {list(x.shape)}; give "
+            "one number, or one per channel of [N, C, ...] images"
+        )
     pixels = x * s + m
     lo, hi = float(pixels.min()), float(pixels.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
+    # pixel data fill [0, 1]: a mean/std that are not the data's would rescale eps silently
+    if lo < -1e-3 or hi > 1 + 1e-3 or lo > 0.1 or hi < 0.9:
         raise ConfigError(
-            f"attack: the inputs lie in [{lo:.3g}, {hi:.3g}] once un-standardised with mean "
-            f"{list(m.flatten().tolist())} and std {list(s.flatten().tolist())}, not in [0, 1]; "
+            f"attack: the inputs span [{lo:.3g}, {hi:.3g}] once un-standardised with mean "
+            f"{m.flatten().tolist()} and std {s.flatten().tolist()}, not about [0, 1]; "
             "give the data's own mean and std"
         )
     if config.eps > hi - lo:

@@ -31,19 +31,27 @@ PathFn = Callable[[float], Params]
 
 
 def _same(a: Params, b: Params, what: str) -> None:
-    if list(a) != list(b) or any(a[n].shape != b[n].shape for n in a):
-        diff = [n for n in dict.fromkeys([*a, *b]) if n not in a or n not in b]
-        diff += [n for n in a if n in b and a[n].shape != b[n].shape]
+    """``a`` and ``b`` must be points of one architecture: the same names (in any order) and
+    shapes."""
+    diff = sorted(set(a) ^ set(b)) + [n for n in a if n in b and a[n].shape != b[n].shape]
+    if diff:
         raise ConfigError(
             f"{what}: the end points are not points of one architecture (they differ in "
-            f"{', '.join(diff[:4]) or 'the order of their parameters'})"
+            f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})"
         )
+
+
+def _placed(p: Params, like: Tensor) -> Params:
+    """``p`` on the device (and floating dtype) of the module's weights."""
+    return {
+        n: v.to(like.device, like.dtype if v.is_floating_point() else None) for n, v in p.items()
+    }
 
 
 def linear(a: Params, b: Params) -> PathFn:
     """The straight segment ``(1 - t) a + t b``."""
     _same(a, b, "linear")
-    return lambda t: {n: torch.lerp(a[n], b[n], float(t)) for n in a}
+    return lambda t: {n: torch.lerp(a[n], b[n].to(a[n]), float(t)) for n in a}
 
 
 def through(points: Sequence[Params]) -> PathFn:
@@ -63,7 +71,9 @@ def through(points: Sequence[Params]) -> PathFn:
         i = max(j for j in range(len(knots) - 1) if knots[j] <= t) if t < 1 else len(knots) - 2
         span = knots[i + 1] - knots[i]
         u = (t - knots[i]) / span if span > 0 else 0.0
-        return {n: torch.lerp(points[i][n], points[i + 1][n], u) for n in points[i]}
+        return {
+            n: torch.lerp(points[i][n], points[i + 1][n].to(points[i][n]), u) for n in points[0]
+        }
 
     at.knots = knots  # type: ignore[attr-defined]
     return at
@@ -119,6 +129,9 @@ def train_curve(
     ``theta`` starts at the midpoint. One step costs one forward and backward of the batch."""
     if steps < 1:
         raise ConfigError(f"train_curve: steps must be >= 1, got {steps}")
+    like = next(iter(adapter.model.parameters()))
+    a, b = _placed(a, like), _placed(b, like)
+    _same(a, b, kind)
     theta = {n: ((a[n] + b[n]) / 2).detach().clone().requires_grad_(True) for n in a}
     curve = Curve(kind, a, theta, b)
     opt = torch.optim.Adam(list(theta.values()), lr=lr)
@@ -126,6 +139,7 @@ def train_curve(
     split = tasks.tasks[task].train
     table = tasks.class_table()
     was = adapter.model.training
+    saved = {n: v.detach().clone() for n, v in adapter.model.named_buffers()}
     adapter.train(True)
     try:
         for step in range(steps):
@@ -140,6 +154,9 @@ def train_curve(
                 progress(step + 1, float(loss.detach()))
     finally:
         adapter.train(was)
+        with torch.no_grad():  # its train-mode forwards moved the module's running statistics
+            for n, v in adapter.model.named_buffers():
+                v.copy_(saved[n])
     curve.theta = {n: v.detach() for n, v in theta.items()}
     return curve
 
@@ -166,13 +183,19 @@ def evaluate_path(
     run's ``bn_batches`` training batches of ``task``, task 0 by default); the module's own
     statistics are put back afterwards. Rows: ``{"t", "loss", "acc", "error"}``."""
     ts = grid(ts) if isinstance(ts, int) else list(ts)
+    if evaluator.batchnorm and not evaluator.settings.bn_batches:
+        raise ConfigError(
+            "evaluate_path: the model has BatchNorm but run.bn_batches is 0; the statistics of "
+            "each point must be recomputed (set run.bn_batches > 0)"
+        )
     tasks = evaluator.tasks
     table = tasks.class_table()
-    saved = evaluator.buffers()
+    like = next(iter(evaluator.adapter.model.parameters()))
+    saved, stale = evaluator.buffers(), evaluator.bn_stale
     rows = []
     try:
         for t in ts:
-            p = path(t)
+            p = _placed(path(t), like)
             evaluator.recompute_batchnorm(p, task, batch_size)
             losses, hits, count = [], 0.0, 0
             for i, tk in enumerate(tasks.tasks):
@@ -189,12 +212,19 @@ def evaluate_path(
             rows.append({"t": float(t), "loss": loss, "acc": acc, "error": 1.0 - acc})
     finally:
         evaluator.load_buffers(saved)
+        evaluator.bn_stale = stale
     return rows
 
 
 def barrier(rows: Sequence[dict[str, float]], key: str = "loss") -> float:
     """The height of a path above its ends: ``max_t v(t) - (v(0) + v(1)) / 2`` of ``key`` (a
-    quantity where higher is worse: loss or error)."""
+    quantity where higher is worse: loss or error). The first and last rows are the ends: give
+    a grid that includes ``t = 0`` and ``t = 1``."""
+    if rows and (rows[0].get("t", 0.0) != 0.0 or rows[-1].get("t", 1.0) != 1.0):
+        raise ConfigError(
+            f"barrier: the rows run from t = {rows[0]['t']} to t = {rows[-1]['t']}; the ends "
+            "(t = 0 and t = 1) must be among them"
+        )
     values = [r[key] for r in rows]
     if len(values) < 2 or any(not math.isfinite(v) for v in values):
         return float("nan")

@@ -27,6 +27,9 @@ from torch import Tensor, nn
 from fipframe.core.params import Params
 from fipframe.errors import ConfigError
 
+#: the buffers of a plain state dict (read as the point's buffers, not as weights)
+BN_STATS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
 
 @dataclass
 class Point:
@@ -37,6 +40,10 @@ class Point:
     source: str = ""
     #: ``branch``, ``stage``, ``step``, ``global_step`` when read from a run
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def weights(self) -> Params:
+        """The moved and the fixed weights together."""
+        return {**self.fixed, **self.params}
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Point:
         def move(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -76,11 +83,15 @@ def read_point(ref: str | Path, device: str | torch.device = "cpu") -> Point:
         if any(k.startswith("param/") for k in tensors):  # written by fipframe
             order = meta.get("params") or sorted(k[6:] for k in tensors if k.startswith("param/"))
             params = {n: tensors[f"param/{n}"].to(device) for n in order}
+            buffers = _side_buffers(path, device)
         else:  # a plain state dict (safetensors.torch.save_file(model.state_dict(), ...))
-            params = {n: v.to(device) for n, v in tensors.items() if v.is_floating_point()}
+            params, buffers = {}, {}
+            for n, v in tensors.items():
+                stat = n.rsplit(".", 1)[-1] in BN_STATS or not v.is_floating_point()
+                (buffers if stat else params)[n] = v.to(device)
         if not params:
             raise ConfigError(f"{path}: holds no floating-point weights; not a point file")
-        return Point(params, source=str(path), meta=dict(meta))
+        return Point(params, buffers, source=str(path), meta=dict(meta))
     if not path.exists():
         raise ConfigError(f"{ref}: no such point file or run directory")
     from fipframe.eval.results import RunResult
@@ -88,14 +99,25 @@ def read_point(ref: str | Path, device: str | torch.device = "cpu") -> Point:
     return RunResult.load(path).point(branch, stage, device=device, source=str(ref))
 
 
+def _side_buffers(path: Path, device: Any) -> dict[str, Tensor]:
+    """The module's buffers saved beside a run's point file (``...-0000200-buffers`` next to
+    ``...-0000200``, ``...-buffers`` next to a stage's ``...-end``), if any."""
+    from fipframe.traversal.artifact import load_point
+
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.stem
+    for side in (f"{stem}-buffers", f"{stem[:-4]}-buffers" if stem.endswith("-end") else None):
+        if side and (path.parent / f"{side}.safetensors").is_file():
+            return dict(load_point(path.parent / f"{side}.safetensors", device))
+    return {}
+
+
 def path_points(
     run_dir: str | Path, branch: str | None = None, device: str | torch.device = "cpu"
 ) -> list[Point]:
     """Every saved point along ``branch``'s path (its own stages; ``trunk`` for the trunk), in
-    order of steps: points saved every ``run.save_every`` steps and each stage's end.
-
-    The stage's first point comes first when the run saved it (it always saves the first point
-    of a stage that has a metric)."""
+    order of steps: points saved every ``run.save_every`` steps and each stage's end, each with
+    the module's buffers (BatchNorm statistics) there. The point the branch starts from (the
+    trunk's end, or ``run.init``) is not among them."""
     from fipframe.eval.results import TRUNK, RunResult
     from fipframe.traversal.artifact import FIXED, load_point
 
@@ -120,15 +142,18 @@ def path_points(
 
 
 def check_like(point: Point, reference: Mapping[str, Tensor], what: str, known: Any = ()) -> None:
-    """``point`` must hold every name of ``reference`` with the same shape, and nothing but
-    those and the ``known`` names (the model's other parameters and buffers)."""
+    """``point`` must hold every name of ``reference`` (in its moved or its fixed weights) with
+    the same shape, and nothing but those and the ``known`` names (the model's other parameters
+    and buffers)."""
+    held = point.weights()
     wrong = [
-        f"{n} {list(v.shape)} vs {list(point.params[n].shape)}"
+        f"{n} {list(v.shape)} vs {list(held[n].shape)}"
         for n, v in reference.items()
-        if n in point.params and point.params[n].shape != v.shape
+        if n in held and held[n].shape != v.shape
     ]
-    missing = [n for n in reference if n not in point.params]
-    extra = [n for n in point.params if n not in reference and n not in set(known)]
+    missing = [n for n in reference if n not in held]
+    known = set(known)
+    extra = [n for n in {**held, **point.buffers} if n not in reference and n not in known]
     if wrong or missing or extra:
         parts = []
         for label, names in (("shapes differ", wrong), ("missing", missing), ("unknown", extra)):

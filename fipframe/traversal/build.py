@@ -93,13 +93,21 @@ class Stage:
 
 
 def build_components(
-    config: Any, *, pm: Any, registry: Any, model: Any = None, data: Any = None
+    config: Any,
+    *,
+    pm: Any,
+    registry: Any,
+    model: Any = None,
+    data: Any = None,
+    reopen: bool = False,
 ) -> Components:
     """Tasks, adapter, manifold and evaluator for ``config``, on its device and dtype.
 
     ``model``: an ``nn.Module`` or an :class:`~fipframe.core.adapter.ArchitectureAdapter`
     instead of the config's ``model:``. ``data``: a ``TaskSequence``, per-task tensors or
     per-task Datasets (see :func:`fipframe.data.user.task_sequence`) instead of ``data:``.
+    ``reopen``: for a finished run's directory (export), whose points hold every weight: the
+    start point (``run.init``) and the objectives' targets are not read again.
     """
     rs = config.run
     device = resolve_device(rs.device)
@@ -161,8 +169,7 @@ def build_components(
                     f"model: no plugin adapts a {type(model).__name__}; pass a torch.nn.Module "
                     "or a fipframe.ArchitectureAdapter"
                 )
-    if rs.init is not None:
-        start(adapter, rs.init)
+    stale = rs.init is not None and not reopen and not start(adapter, rs.init)
     adapter.to(device, dtype)
     check_output(adapter, tasks)
     for where, stages in config.all_stages():
@@ -170,11 +177,14 @@ def build_components(
             moving_names(adapter.names, s)  # a stage that would move nothing fails here
             for j, o in enumerate(s.objectives):
                 check = getattr(registry.spec("objective", o.kind).factory, "check", None)
-                if check is not None:
+                if check is not None and not reopen:
                     check(o, adapter, f"{where}[{i}].objectives[{j}]")
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
     mode_dependent = any(_mode_dependent(m) for m in adapter.model.modules())
+    evaluator = Evaluator(adapter, tasks, rs)
+    if stale:  # a start point without BatchNorm statistics: recomputed before they are used
+        evaluator.mark_stale()
     return Components(
         config,
         registry,
@@ -184,16 +194,17 @@ def build_components(
         tasks,
         adapter,
         manifold,
-        Evaluator(adapter, tasks, rs),
+        evaluator,
         mode_dependent,
         "config" if model is None else "python",
         "config" if data is None else "python",
     )
 
 
-def start(adapter: Any, ref: str) -> None:
+def start(adapter: Any, ref: str) -> bool:
     """Put the point ``ref`` (``run.init``) into the module: every traversable weight, and the
-    frozen weights and buffers the point holds."""
+    frozen weights and buffers the point holds. False when it holds no buffers (BatchNorm
+    statistics must then be recomputed)."""
     from fipframe.eval.points import check_like, load_module, read_point
 
     point = read_point(ref)
@@ -201,6 +212,7 @@ def start(adapter: Any, ref: str) -> None:
     others = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     check_like(point, adapter.params(), "run.init", known=others)
     load_module(model, point)
+    return bool(point.buffers)
 
 
 def _mode_dependent(module: nn.Module) -> bool:

@@ -31,7 +31,7 @@ import yaml
 from fipframe.errors import RunDirError
 from fipframe.traversal.artifact import CHANGES, RUN, RunDir
 
-GLOBAL = ("name", "model", "data", "manifold", "memory", "run.seed", "run.dtype")
+GLOBAL = ("name", "model", "data", "manifold", "memory", "run.seed", "run.dtype", "run.init")
 STATEFUL = (
     "integrator.kind",
     "integrator.optimizer",

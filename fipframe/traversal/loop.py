@@ -234,12 +234,15 @@ class StageLoop:
                     self.position.step = step
                     bar.update(step - bar.n)
                     every = comp.config.run.save_every
-                    point = (
-                        rec.save(branch, si, cfg, step, params)
-                        if every and step % every == 0
-                        else None
+                    point = point_buffers = None
+                    if every and step % every == 0:
+                        point = rec.save(branch, si, cfg, step, params)
+                        if good.buffers:  # the statistics go with the point (paths, members)
+                            tag = f"{step:07d}-buffers"
+                            point_buffers = rec.save(branch, si, cfg, step, good.buffers, tag=tag)
+                    record = rec.emit(
+                        "chunk", branch, si, cfg, step, metrics, point, buffers=point_buffers
                     )
-                    record = rec.emit("chunk", branch, si, cfg, step, metrics, point)
                     rec.commit(
                         params,
                         Commit(

@@ -194,7 +194,7 @@ def reopen(
     config = load_config(root / "config.yaml", pm=pm)
     cls = type(config)
     comp = build_components(
-        config, pm=cls.plugin_manager, registry=cls.registry, model=model, data=data
+        config, pm=cls.plugin_manager, registry=cls.registry, model=model, data=data, reopen=True
     )
     check(root, origin, comp)
     restore_fixed(root, comp)

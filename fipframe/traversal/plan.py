@@ -62,6 +62,8 @@ class Walk:
         )
         for t in mem.learned:  # what the start point knows: its outputs are the anchor
             start = trunk.params
+            if ev.bn_stale:  # a run.init point without statistics: those of this task's data
+                ev.recompute_batchnorm(start, t, comp.config.stages[0].batch_size)
             trunk.memory.add_task(t, comp.tasks.tasks[t], lambda x, p=start: ev.logits(p, x))
         steps = plan(comp.config)
         order = [b for b, _ in steps]

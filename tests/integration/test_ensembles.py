@@ -67,6 +67,17 @@ def ensemble_config(weight: float = 1.0, bn: bool = False) -> dict:
                 for k in range(K)
             ],
             "plain": [dict(member, name=f"m{k}", objectives=["task_ce"]) for k in range(K)],
+            "outputs": [
+                dict(
+                    member,
+                    name=f"m{k}",
+                    objectives=[
+                        "task_ce",
+                        {"kind": "diversity", "space": "outputs", "weight": 1.0, "pool": 256},
+                    ],
+                )
+                for k in range(K)
+            ],
             "fge": fge[:-1],
         },
     }
@@ -99,10 +110,35 @@ def test_diversity_spreads_the_members_while_the_fip_keeps_their_function(run):
     assert 0 < d["disagreement"] < 0.2
 
 
+def non_label_similarity(ensemble, x, y):
+    """Mean pairwise cosine of the members' renormalised non-label probabilities."""
+    p = torch.softmax(ensemble.member_logits(x), -1).scatter(
+        -1, y.view(1, -1, 1).expand(ensemble.k, -1, 1), 0.0
+    )
+    q = torch.nn.functional.normalize(p, dim=-1)
+    sims = [(q[i] * q[j]).sum(-1).mean() for i in range(ensemble.k) for j in range(i)]
+    return float(torch.stack(sims).mean())
+
+
+def test_output_diversity_makes_the_members_wrong_answers_differ(run):
+    tr = fipframe.build(ensemble_config())
+    test = tr.tasks.tasks[0].test
+    model = tr.adapter.model
+    start = read_point(f"{run}#trunk")
+    outputs = E.members(run, "outputs")
+    plain = E.members(run, "plain")
+    sim_out = non_label_similarity(E.Ensemble(model, [start, *outputs]), test.x, test.y)
+    sim_plain = non_label_similarity(E.Ensemble(model, [start, *plain]), test.x, test.y)
+    assert sim_out < sim_plain - 0.05, (sim_out, sim_plain)
+    accs = E.diversity(E.Ensemble(model, outputs), test.x, test.y)["member_acc"]
+    assert min(accs) > tr.evaluate(start.params)["acc/test/task_0"] - 0.05
+
+
 def test_fge_members_are_the_low_points_of_the_learning_rate_cycles(run):
     fge = E.members(run, "fge", stages="down*")
     assert [m.meta["stage"] for m in fge] == ["down0", "down1", "down2"]
-    assert E.members(run, "fge", 2, stages="down*")[-1].meta["stage"] == "down2"
+    two = E.members(run, "fge", 2, stages="down*")
+    assert [m.meta["stage"] for m in two] == ["down0", "down2"]  # evenly spaced, the last kept
     with pytest.raises(ConfigError, match="4 members asked of branch 'fge', which saved 3"):
         E.members(run, "fge", 4, stages="down*")
 
@@ -112,10 +148,14 @@ def test_one_vmapped_forward_gives_every_members_logits(run, bn, tmp_path):
     if bn:
         cfg = ensemble_config(bn=True)
         cfg["stages"][0]["steps"] = 40
-        cfg["branches"] = {"plain": [dict(cfg["branches"]["plain"][0], steps=20)]}
+        cfg["branches"] = {"plain": [dict(cfg["branches"]["plain"][0], steps=40)]}
+        cfg["run"]["save_every"] = 20  # a point between the stage's ends: with its statistics
         fipframe.run(cfg, out=tmp_path / "bn")
-        members = [read_point(f"{tmp_path / 'bn'}#trunk"), read_point(tmp_path / "bn")]
-        assert members[0].buffers
+        members = [read_point(f"{tmp_path / 'bn'}#trunk"), *E.members(tmp_path / "bn", "plain")]
+        assert [m.meta["step"] for m in members[1:]] == [20, 40]
+        assert all(m.buffers for m in members)
+        mid = members[1].buffers
+        assert not torch.equal(mid["1.running_mean"], members[2].buffers["1.running_mean"])
     else:
         cfg, members = ensemble_config(), E.members(run, "diverse")
     tr = fipframe.build(cfg)
@@ -158,5 +198,10 @@ def test_bad_attacks_are_refused(run):
     pytest.importorskip("torchattacks")
     tr = fipframe.build(ensemble_config())
     x, y = tr.tasks.tasks[0].test.x[:10], tr.tasks.tasks[0].test.y[:10]
-    with pytest.raises(ConfigError, match=r"not in \[0, 1\]; give the data's own mean and std"):
+    with pytest.raises(ConfigError, match=r"not about \[0, 1\]; give the data's own mean"):
         E.attack(tr.adapter.model, x, y, E.AttackConfig(eps=0.1), mean=0.0, std=1.0)
+    # a std ten times too small maps the data inside [0, 1] but not onto it: refused too
+    with pytest.raises(ConfigError, match=r"span \[0\.1.*not about \[0, 1\]"):
+        E.attack(tr.adapter.model, x, y, E.AttackConfig(eps=0.1), mean=MEAN, std=STD / 10)
+    with pytest.raises(ConfigError, match="3 per-channel means for inputs of shape"):
+        E.attack(tr.adapter.model, x, y, E.AttackConfig(eps=0.1), mean=[0.1] * 3, std=STD)

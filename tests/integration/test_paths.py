@@ -11,7 +11,7 @@ import torch
 
 import fipframe
 from fipframe.core.params import norm, sub_tree
-from fipframe.errors import ConfigError
+from fipframe.errors import ConfigError, RunDirError
 from fipframe.eval import paths as P
 from fipframe.eval.points import path_points, read_point, save_point
 
@@ -155,17 +155,24 @@ def test_path_evaluation_recomputes_batchnorm_at_every_point(tmp_path):
     tr = fipframe.build(net_config(0, bn=True))
     ev = tr.evaluator
     before = ev.buffers()
-    mid = P.linear(a.params, b.params)
-    rows = P.evaluate_path(ev, mid, [0.5])
+    line = P.linear(a.params, b.params)
+    ts = [0.25, 0.5, 0.75]
+    rows = P.evaluate_path(ev, line, ts)
     after = ev.buffers()
     assert all(torch.equal(before[n], after[n]) for n in before)  # the module's own put back
-    # the same midpoint with the end point A's statistics instead of its own
+    for t, row in zip(ts, rows, strict=True):  # each point with statistics of its own
+        ev.recompute_batchnorm(line(t), 0, 128)
+        assert row["acc"] == pytest.approx(ev.evaluate(line(t))["acc/test/task_0"], abs=1e-6)
+    # the midpoint with the end point A's statistics instead of its own
     ev.load_buffers(a.buffers)
-    stale = ev.evaluate(mid(0.5))["acc/test/task_0"]
-    ev.recompute_batchnorm(mid(0.5), 0, 128)
-    fresh = ev.evaluate(mid(0.5))["acc/test/task_0"]
-    assert rows[0]["acc"] == pytest.approx(fresh, abs=1e-6)
-    assert fresh != pytest.approx(stale, abs=1e-3)
+    stale = ev.evaluate(line(0.5))["acc/test/task_0"]
+    assert rows[1]["acc"] != pytest.approx(stale, abs=1e-3)
+    with pytest.raises(ConfigError, match="the ends"):
+        P.barrier(rows)
+    no_bn = net_config(0, bn=True)
+    no_bn["run"]["bn_batches"] = 0
+    with pytest.raises(ConfigError, match="run.bn_batches is 0"):
+        P.evaluate_path(fipframe.build(no_bn).evaluator, line, 3)
 
 
 def test_end_points_of_another_architecture_are_refused_before_anything_is_written(ends, tmp_path):
@@ -217,3 +224,43 @@ def test_run_init_starts_from_a_state_dict_file(ends, tmp_path):
     started = fipframe.build(cfg)
     b = read_point(ends / "b").params
     assert all(torch.equal(started.adapter.params()[n], b[n]) for n in b)
+
+
+def test_a_run_from_a_trained_network_resumes_exactly(ends, tmp_path):
+    from fipframe.api import load_config
+    from fipframe.plugins import make_plugin_manager
+
+    from .test_traversal import Recorder
+
+    cfg = connect_config(ends)
+    cfg["stages"][0]["steps"] = 60
+    whole = fipframe.run(cfg, out=tmp_path / "whole")
+    pm = make_plugin_manager(plugins=[Recorder(stop_after=2)])
+    with pytest.raises(KeyboardInterrupt):
+        fipframe.run(load_config(cfg, pm=pm), out=tmp_path / "cut")
+    with pytest.raises(RunDirError, match="cannot resume: run.init"):  # its start is fixed
+        fipframe.resume(tmp_path / "cut", overrides=[f"run.init={ends / 'b'}"])
+    again = fipframe.resume(tmp_path / "cut")
+    a, b = whole.point("trunk"), again.point("trunk")
+    assert all(torch.equal(a.params[n], b.params[n]) for n in a.params)
+
+
+def test_to_network_scales_and_diversity_radius(ends):
+    from types import SimpleNamespace
+
+    from fipframe.builtin.paths import Diversity, DiversityConfig, ToNetwork, ToNetworkConfig
+
+    a, b = read_point(ends / "a").params, read_point(ends / "b").params
+    gap = float(sum((a[n] - b[n]).square().sum() for n in a))
+    for scale, at_a in (("relative", 0.5), ("absolute", 0.5 * gap)):
+        obj = ToNetwork(ToNetworkConfig(target=str(ends / "b"), scale=scale))
+        obj.bind(SimpleNamespace(anchor=a))
+        assert float(obj.loss(a, None, None)) == pytest.approx(at_a, rel=1e-4)
+        assert float(obj.loss(b, None, None)) == 0.0
+    hinge = Diversity(DiversityConfig(radius=1.0))
+    hinge.bind(SimpleNamespace(ends=[(0, a)], anchor=a))
+    assert float(hinge.loss(a, None, None)) == pytest.approx(1.0, abs=1e-2)  # at the member
+    assert float(hinge.loss(b, None, None)) == 0.0  # farther than the radius: no push
+    push = Diversity(DiversityConfig(members=1))
+    push.bind(SimpleNamespace(ends=[(0, b), (0, a)], anchor=a))  # only the last member repels
+    assert float(push.loss(b, None, None)) == pytest.approx(-(gap**0.5), rel=1e-2)
