@@ -23,7 +23,8 @@ setting) on the whole test set, and PGD on each averaged ensemble itself (adapti
 on its first ``--adaptive`` test examples. Clean accuracy beside each. Also the cost of one
 vmapped forward of all members against a loop over them.
 
-    python bench/ensembles.py              # ~40 min on 2 CPU cores
+    python bench/ensembles.py              # ~45 min on 2 CPU cores
+    python bench/ensembles.py --steps 600 --member-steps 30 --eval-limit 10000 --adaptive 10000
     python bench/ensembles.py --steps 40 --members 3 --trials 0 --limit 1000 --eval-limit 300 \
         --adaptive 100 --out /tmp/e.md     # smoke
 
@@ -107,7 +108,7 @@ def config(args, seed: int, fip: dict, fge: dict) -> dict:
             "eval_limit": args.eval_limit,
         },
         "memory": {"size": 1000},
-        "run": {"seed": seed, "chunk": 50, "progress": "off", "measure_inputs": 0},
+        "run": {"seed": seed, "chunk": 100, "progress": "off", "measure_inputs": 0},
         "stages": [
             {
                 "name": "train",
@@ -133,6 +134,7 @@ def independent(args, trial: int, work: Path) -> list:
         if not (root / "summary.json").exists():
             cfg = config(args, 1000 + 100 * trial + j, GRID["fip"][0], GRID["fge"][0])
             cfg["branches"] = {}
+            cfg["run"]["chunk"] = args.steps  # evaluated once, at the end
             fipframe.run(cfg, out=root)
         out.append(read_point(f"{root}#trunk"))
     return out
@@ -361,12 +363,12 @@ def figures(args, flats: dict, res: dict, img: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=600, help="N0's training steps (T)")
+    ap.add_argument("--steps", type=int, default=400, help="N0's training steps (T)")
     ap.add_argument("--members", type=int, default=10, help="K")
-    ap.add_argument("--member-steps", type=int, default=30, help="S")
+    ap.add_argument("--member-steps", type=int, default=20, help="S")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--eval-limit", type=int, default=10000)
-    ap.add_argument("--adaptive", type=int, default=2000)
+    ap.add_argument("--eval-limit", type=int, default=5000)
+    ap.add_argument("--adaptive", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/ensembles.md")
     ap.add_argument("--raw", type=Path, default=ROOT / "runs/ensembles.json")
     ap.add_argument("--work", type=Path, default=None)

@@ -10,7 +10,8 @@ from the networks already sampled (see docs/paths.md).
   per weight).
 - ``diversity``: moves away from the members sampled earlier on the path (the end points of
   its finished stages), in weight space (distance, optionally capped at a radius) or in the
-  outputs (the cosine similarity of the members' non-label predictions, the quantity ADP's
+  outputs (the cosine similarity of the members' predictions over the classes other than the
+  label, or than the stage start's prediction for unlabelled inputs: the quantity ADP's
   ensemble diversity enlarges; Pang et al. 2019), so an ensemble sampled along a FIP is diverse
   in weights while the invariance term keeps each member's function.
 """
@@ -111,6 +112,11 @@ class DiversityConfig(PluginConfig):
     members: int = Field(
         0, ge=0, le=10**4, description="the last N members repel (0: every earlier member)"
     )
+    exclude: Literal["label", "prediction"] = Field(
+        "label",
+        description="outputs: the class left out of the comparison: the input's label, or the "
+        "stage start's prediction (no labels read: disagreement on unlabelled inputs)",
+    )
     pool: int = Field(
         1024,
         ge=1,
@@ -145,6 +151,8 @@ class Diversity(SecondaryObjective):
         rows = torch.randperm(len(split), generator=g)[: self.config.pool].to(split.y.device)
         x, y = split.gather(rows), split.y[rows]
         assert ctx.outputs is not None
+        if self.config.exclude == "prediction":
+            y = ctx.outputs(ctx.anchor, x).argmax(-1)
         self.pool_x, self.pool_y = x, y
         self.member_q = [self._non_label(ctx.outputs(m, x), y) for m in members]
         self.sampler = ctx.sampler("diversity", len(rows), ctx.batch_size)

@@ -254,7 +254,7 @@ def plot_paths(
     for ax in (ax_e, ax_l):
         ax.set_xlabel("t along the path (0: network A, 1: network B)")
         ax.grid(alpha=0.3)
-    ax_e.legend(title="path (error barrier, pts)", fontsize=8)
+    ax_e.legend(title="path (error barrier, pts)", fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

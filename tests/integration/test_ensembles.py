@@ -78,6 +78,23 @@ def ensemble_config(weight: float = 1.0, bn: bool = False) -> dict:
                 )
                 for k in range(K)
             ],
+            "unlabelled": [
+                dict(
+                    member,
+                    name=f"m{k}",
+                    objectives=[
+                        "task_ce",
+                        {
+                            "kind": "diversity",
+                            "space": "outputs",
+                            "exclude": "prediction",
+                            "weight": 1.0,
+                            "pool": 256,
+                        },
+                    ],
+                )
+                for k in range(K)
+            ],
             "fge": fge[:-1],
         },
     }
@@ -130,6 +147,9 @@ def test_output_diversity_makes_the_members_wrong_answers_differ(run):
     sim_out = non_label_similarity(E.Ensemble(model, [start, *outputs]), test.x, test.y)
     sim_plain = non_label_similarity(E.Ensemble(model, [start, *plain]), test.x, test.y)
     assert sim_out < sim_plain - 0.05, (sim_out, sim_plain)
+    unlabelled = E.members(run, "unlabelled")  # the start's predictions instead of labels
+    sim_u = non_label_similarity(E.Ensemble(model, [start, *unlabelled]), test.x, test.y)
+    assert sim_u < sim_plain - 0.05, (sim_u, sim_plain)
     accs = E.diversity(E.Ensemble(model, outputs), test.x, test.y)["member_acc"]
     assert min(accs) > tr.evaluate(start.params)["acc/test/task_0"] - 0.05
 
