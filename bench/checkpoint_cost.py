@@ -38,12 +38,16 @@ def main() -> None:
         f"{'size':>8}  {'write plain':>11}  {'write checked':>13}  {'ratio':>5}  "
         f"{'read plain':>10}  {'read checked':>12}  {'ratio':>5}"
     )
-    root = pathlib.Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as tmp:
+        run_sizes(pathlib.Path(tmp), args.repeats)
+
+
+def run_sizes(root: pathlib.Path, repeats: int) -> None:
     for mb in (2, 90, 270):  # the demo MLP; MiniLM-sized weights; MiniLM with Adam's moments
         n = mb * 2**20 // 4
         tensors = {f"param/{i}": torch.randn(n // 8) for i in range(8)}
         times = {"wp": [], "wc": [], "rp": [], "rc": []}
-        for _ in range(args.repeats):  # alternate, so drift hits both alike
+        for _ in range(repeats):  # alternate, so drift hits both alike
             t = time.perf_counter()
             plain_save(root / "plain.safetensors", tensors, "{}")
             times["wp"].append(time.perf_counter() - t)

@@ -247,7 +247,8 @@ def main() -> None:
 
     raw_path = Path(args.raw)
     raw: dict = json.loads(raw_path.read_text()) if raw_path.exists() else {}
-    tmp = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory(prefix="fipframe-continual-")  # removed at exit
+    tmp = Path(scratch.name)
 
     def one(sequence: str, method: str, choice: int, seed: int) -> dict:
         key = _key(args, sequence, method, choice, seed)

@@ -375,7 +375,8 @@ def main() -> None:
     args = ap.parse_args()
     args.raw.parent.mkdir(parents=True, exist_ok=True)
     res = json.loads(args.raw.read_text()) if args.raw.exists() else {}
-    work = args.work or Path(tempfile.mkdtemp(prefix="fipframe-ensembles-"))
+    scratch = tempfile.TemporaryDirectory(prefix="fipframe-ensembles-")  # removed at exit
+    work = args.work or Path(scratch.name)
     if "tuning" not in res:
         print("tuning on trial 0's validation split", flush=True)
         res["tuning"] = {}

@@ -258,7 +258,8 @@ def main() -> None:
     raw = args.raw or ROOT / f"runs/paths-{args.model}.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(raw.read_text()) if raw.exists() else {}
-    work = args.work or Path(tempfile.mkdtemp(prefix="fipframe-paths-"))
+    scratch = tempfile.TemporaryDirectory(prefix="fipframe-paths-")  # removed at exit
+    work = args.work or Path(scratch.name)
     if "tuning" not in results:
         print("tuning on seed 0's validation split", flush=True)
         results["tuning"] = measure(args, args.seeds[0], work, None)

@@ -208,7 +208,8 @@ def main() -> None:
 
     raw_path = Path(args.raw)
     raw: dict = json.loads(raw_path.read_text()) if raw_path.exists() else {}
-    tmp = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory(prefix="fipframe-transformers-")  # removed at exit
+    tmp = Path(scratch.name)
 
     def save() -> None:
         raw_path.parent.mkdir(parents=True, exist_ok=True)
