@@ -49,6 +49,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fipframe.builtin.adapters",
     "fipframe.builtin.datasets",
     "fipframe.builtin.loggers",
+    "fipframe.builtin.trackers",
     "fipframe.builtin.checks",
 )
 _REGISTER_HOOKS = {family: f"fipframe_register_{family}s" for family in FAMILIES}
