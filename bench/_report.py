@@ -3,26 +3,9 @@ the statistics every comparison page uses (mean +- sample std over seeds, lead/t
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def outcome(a: list[float], b: list[float]) -> str:
-    """lead / tie / loss of ``a`` against ``b``: a leads when its mean exceeds b's by more than
-    the larger of the two seed standard deviations ("n/a" when either has no runs)."""
-    if not a or not b:
-        return "n/a"
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    if ma - mb > max(sa, sb):
-        return "lead"
-    if mb - ma > max(sa, sb):
-        return "loss"
-    return "tie"
+from fipframe.eval.compare import mean_std, outcome  # noqa: F401  (the benches' statistics)
 
 
 def write_keeping(path: Path, generated: str, heading: str) -> None:

@@ -21,15 +21,46 @@ _os.environ.setdefault("MKL_CBWR", "AUTO")
 
 __version__ = "0.1.0"
 
-from fipframe.api import build, load_config, preset_path, presets, resume, run  # noqa: E402
-from fipframe.core.adapter import ArchitectureAdapter  # noqa: E402
-from fipframe.data.user import task_sequence  # noqa: E402
-from fipframe.errors import ConfigError, PluginError, TraversalError  # noqa: E402
-from fipframe.eval.results import RunResult  # noqa: E402
-from fipframe.fip import FIPRegularizer, fip_penalty, make_metric, metric_vp  # noqa: E402
-from fipframe.plugins import hookimpl, make_plugin_manager  # noqa: E402
-from fipframe.registry import Spec  # noqa: E402
-from fipframe.traversal.engine import Traversal  # noqa: E402
+# Names are imported on first use (PEP 562), so `import fipframe` and the command line's help
+# do not load torch (about 2 s).
+_LAZY = {
+    "build": "fipframe.api",
+    "load_config": "fipframe.api",
+    "preset_path": "fipframe.api",
+    "presets": "fipframe.api",
+    "resume": "fipframe.api",
+    "run": "fipframe.api",
+    "ArchitectureAdapter": "fipframe.core.adapter",
+    "task_sequence": "fipframe.data.user",
+    "ConfigError": "fipframe.errors",
+    "PluginError": "fipframe.errors",
+    "TraversalError": "fipframe.errors",
+    "RunResult": "fipframe.eval.results",
+    "FIPRegularizer": "fipframe.fip",
+    "fip_penalty": "fipframe.fip",
+    "make_metric": "fipframe.fip",
+    "metric_vp": "fipframe.fip",
+    "hookimpl": "fipframe.plugins",
+    "make_plugin_manager": "fipframe.plugins",
+    "Spec": "fipframe.registry",
+    "Traversal": "fipframe.traversal.engine",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fipframe' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "ArchitectureAdapter",

@@ -6,6 +6,7 @@ Each call without ``pm`` makes a fresh plugin manager (there is no global one); 
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,18 +14,20 @@ from typing import Any
 
 from fipframe import plugins
 from fipframe.config import RunBase, apply_overrides, read_file, validate
-from fipframe.configfile import Limits, check_tree
+from fipframe.configfile import Limits, check_tree, expand_templates
 from fipframe.errors import ConfigError
 from fipframe.eval.results import RunResult
 from fipframe.traversal.engine import Traversal
 
-PRESET_PACKAGE = "fipframe.presets"
+# read as files of the fipframe package: importing the subpackage ``fipframe.presets`` would
+# put it in place of the function ``fipframe.presets`` on the package
+PRESET_DIR = ("fipframe", "presets")
 
 
 def _preset_files(pm: plugins.FipPluginManager | None = None) -> dict[str, Path]:
     """Every preset file by name: the shipped ones, then each plugin's directories."""
     files: dict[str, Path] = {}
-    for entry in importlib.resources.files(PRESET_PACKAGE).iterdir():
+    for entry in importlib.resources.files(PRESET_DIR[0]).joinpath(PRESET_DIR[1]).iterdir():
         if entry.name.endswith(".yaml"):
             files[entry.name[:-5]] = Path(str(entry))
     if pm is None:
@@ -87,8 +90,8 @@ def load_config(
         label = str(source)
         data = read_file(source)
     else:
-        data = dict(source)  # type: ignore[arg-type]
-    data = apply_overrides(data, overrides)
+        data = copy.deepcopy(dict(source))  # type: ignore[arg-type]  (the caller's stays as it is)
+    data = apply_overrides(expand_templates(data), overrides)
     check_tree(data, Limits.from_env(), label or "config")
     return validate(data, registry, pm, source=label)
 

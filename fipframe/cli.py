@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +20,125 @@ from fipframe.errors import ConfigError, PluginError, RunDirError, TraversalErro
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+OVERRIDE = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*=")  # run.seed=1, stages.0.steps=5
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _split(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The config file and the overrides: ``--set`` ones, then positional ``key=value`` ones
+    (Hydra's style; a file whose name has ``=`` in it is given as ``./name``)."""
+    files = [a for a in args.config if not OVERRIDE.match(a)]
+    overrides = [*(args.set or ()), *(a for a in args.config if OVERRIDE.match(a))]
+    if len(files) > 1:
+        raise ConfigError(
+            f"give one config file, got {len(files)}: {', '.join(files)} (overrides are key=value)"
+        )
+    return (files[0] if files else None), overrides
+
+
+def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     from fipframe.api import load_config
 
-    if args.config and args.preset:
+    source, overrides = _split(args)
+    if source and args.preset:
         raise ConfigError("give a config file or --preset, not both")
-    if not args.config and not args.preset:
+    if not source and not args.preset:
         raise ConfigError("give a config file or --preset NAME (see `fipframe presets`)")
-    return load_config(args.config, preset=args.preset, overrides=args.set or (), pm=args.pm)
+    return load_config(source, preset=args.preset, overrides=[*overrides, *extra], pm=args.pm)
+
+
+def _interrupted(out: Path) -> int:
+    from fipframe.traversal.artifact import CHECKPOINT
+
+    if (out / CHECKPOINT).exists():
+        said = f"the last chunk is saved. Resume with: fipframe run --resume {out}"
+    else:
+        said = f"nothing was saved yet (no checkpoint in {out}); run it again"
+    print(f"\ninterrupted; {said}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fipframe.api import resume, run
 
+    if args.force and not args.resume:
+        raise ConfigError("--force applies to --resume only")
+    if args.seeds is not None:
+        return _run_seeds(args)
     if args.resume:
-        if args.config or args.preset:
+        source, overrides = _split(args)
+        if source or args.preset:
             raise ConfigError("--resume takes the run directory only; its config.yaml is used")
         out: Path = Path(args.resume)
     else:
         config = _load(args)
         out = Path(args.out) if args.out else Path("runs") / config.name
-    if args.force and not args.resume:
-        raise ConfigError("--force applies to --resume only")
     try:
         if args.resume:
-            result = resume(out, overrides=args.set or (), force=args.force, pm=args.pm)
+            result = resume(out, overrides=overrides, force=args.force, pm=args.pm)
         else:
             result = run(config, out=out)
     except KeyboardInterrupt:
-        from fipframe.traversal.artifact import CHECKPOINT
-
-        if (out / CHECKPOINT).exists():
-            said = f"the last chunk is saved. Resume with: fipframe run --resume {out}"
-        else:
-            said = f"nothing was saved yet (no checkpoint in {out}); run it again"
-        print(f"\ninterrupted; {said}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(out)
     print(result.table())
     print(f"\nrun directory: {out}  (plot: {out / 'accuracy.png'})")
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    """One run per seed in ``OUT/seed-<s>``, then the comparison over them. Run again, the
+    same command continues: finished seeds are read, interrupted ones resumed."""
+    from fipframe.api import resume, run
+
+    if args.resume:
+        raise ConfigError("--seeds starts or continues its runs itself; drop --resume")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds: {args.seeds} repeats a seed")
+    first = _load(args)
+    root = Path(args.out) if args.out else Path("runs") / first.name
+    dirs = []
+    for i, seed in enumerate(args.seeds):
+        out = root / f"seed-{seed}"
+        print(f"== seed {seed} ({i + 1} of {len(args.seeds)}): {out}", file=sys.stderr)
+        try:
+            if (out / "config.yaml").is_file():
+                resume(out, pm=args.pm)
+            else:
+                run(_load(args, [f"run.seed={seed}"]), out=out)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted at seed {seed}; run the same command again to continue",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        dirs.append(out)
+    return _compare(dirs, root / "comparison", args.baseline)
+
+
+def _compare(dirs: Sequence[Path], stem: Path, baseline: str | None) -> int:
+    from fipframe.eval.compare import Comparison
+
+    comparison = Comparison.load(dirs)
+    text = comparison.table(baseline)
+    print(text)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".txt").write_text(text + "\n")
+    plot = comparison.plot(stem.with_suffix(".png"))
+    print(f"\ncomparison: {stem.with_suffix('.txt')}  (plot: {plot}, {plot.with_suffix('.svg')})")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args)
     stages = sum(len(s) for _, s in config.all_stages())
-    print(f"ok: {config.name} ({stages} stages, {len(config.branches)} branches)")
+    what = f"{config.name} ({stages} stages, {len(config.branches)} branches)"
+    if args.deep:
+        from fipframe.traversal.build import build_components
+
+        comp = build_components(config, pm=args.pm, registry=type(config).registry)
+        sizes = ", ".join(f"{t.name}: {len(t.train)}" for t in comp.tasks.tasks)
+        n = sum(p.numel() for p in comp.adapter.model.parameters())
+        what += f"; data and model built: {n:,} parameters, training examples {sizes}"
+    print(f"ok: {what}")
     return 0
 
 
@@ -106,27 +180,56 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from fipframe.api import presets
+    from fipframe.api import preset_path, presets
 
-    for name, summary in presets(args.pm).items():
-        print(f"{name:<24} {summary}")
+    if args.action is None:
+        for name, summary in presets(args.pm).items():
+            print(f"{name:<24} {summary}")
+        return 0
+    if args.action != "show" or not args.name:
+        raise ConfigError("presets: use `fipframe presets` or `fipframe presets show NAME`")
+    if args.resolved:
+        import yaml
+
+        from fipframe.api import load_config
+
+        config = load_config(preset=args.name, pm=args.pm)
+        print(yaml.safe_dump(config.dump(), sort_keys=False), end="")
+    else:
+        print(preset_path(args.name, args.pm).read_text(), end="")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if len(args.run_dir) > 1:
+        dirs = [Path(d) for d in args.run_dir]
+        stem = Path(args.out) if args.out else _common_parent(dirs) / "comparison"
+        return _compare(dirs, stem.with_suffix(""), args.baseline)
+    if args.out or args.baseline:
+        raise ConfigError("report: --out and --baseline compare several runs; give two or more")
+    return _report_one(args.run_dir[0])
+
+
+def _common_parent(dirs: Sequence[Path]) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(d.resolve().parent) for d in dirs]))
+
+
+def _report_one(run_dir: str) -> int:
     from fipframe.eval.results import RunResult
     from fipframe.traversal.artifact import RunDir
 
-    result = RunResult.load(args.run_dir)
+    result = RunResult.load(run_dir)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.table())
-    rd = RunDir(args.run_dir)
+    rd = RunDir(run_dir)
     live = rd.busy()
     if live:  # another process is writing the run: read, but do not write into it
         print("\nplot not written: the run is in use (see its .lock); report it when it ends")
     else:
-        out = result.plot(Path(args.run_dir) / "accuracy.png")
+        out = result.plot(Path(run_dir) / "accuracy.png")
         print(f"\nplot: {out}")
     problems = rd.audit(result.records, None, live=live)
     if result.checkpoint is not None:
@@ -168,15 +271,79 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser(pm: Any) -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="fipframe", description="functionally invariant paths")
+COMMANDS = ("run", "validate", "schema", "plugins", "presets", "report", "export")
+EPILOG = """examples:
+  fipframe run --preset split-mnist                     the demo
+  fipframe run my.yaml run.seed=1 stages.0.steps=200    overrides as key=value
+  fipframe run my.yaml --seeds 0 1 2                    one run per seed, then mean +- std
+  fipframe run --resume runs/my                         continue after Ctrl-C or a crash
+  fipframe validate my.yaml --deep                      also build the data and the model
+  fipframe report runs/a runs/b                         tables and one plot across runs
+  fipframe presets show split-mnist                     a shipped config
+
+Plugins may add commands: `fipframe plugins` lists what is installed."""
+
+EXAMPLES = {
+    "run": [
+        "fipframe run --preset split-mnist --out runs/demo",
+        "fipframe run my.yaml run.seed=1 branches.fip.0.metric=kl   # overrides",
+        "fipframe run my.yaml --seeds 0 1 2 --baseline finetune      # mean ± std",
+        "fipframe run --resume runs/demo                             # after Ctrl-C",
+        "fipframe run --resume runs/demo branches.fip.0.integrator.lr=1e-4",
+    ],
+    "validate": [
+        "fipframe validate my.yaml",
+        "fipframe validate --preset continual-split-mnist --deep    # builds data and model",
+    ],
+    "schema": ["fipframe schema --out schema.json", "fipframe schema --markdown | less"],
+    "plugins": ["fipframe plugins", "FIPFRAME_NO_ENTRY_POINTS=1 fipframe plugins   # built-ins"],
+    "presets": [
+        "fipframe presets",
+        "fipframe presets show continual-split-mnist",
+        "fipframe presets show continual-split-mnist --resolved > mine.yaml",
+    ],
+    "report": [
+        "fipframe report runs/demo",
+        "fipframe report runs/demo/seed-0 runs/demo/seed-1 runs/demo/seed-2 --baseline finetune",
+    ],
+    "export": [
+        "fipframe export runs/sparse --branch fip",
+        "fipframe export runs/sparse --branch fip --structured --out sparse-net",
+    ],
+}
+
+
+def parser(pm: Any = None) -> argparse.ArgumentParser:
+    """The command line; with ``pm`` None plugin commands are left out (help without loading
+    plugins, which import torch)."""
+    top = argparse.ArgumentParser(
+        prog="fipframe",
+        description="functionally invariant paths",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from fipframe import __version__
 
     top.add_argument("--version", action="version", version=f"fipframe {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        lines = "\n".join(f"  {line}" for line in EXAMPLES[name])
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"examples:\n{lines}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     def config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", nargs="?", help="YAML or JSON config file")
+        p.add_argument(
+            "config",
+            nargs="*",
+            metavar="CONFIG|KEY=VALUE",
+            help="a YAML or JSON config file, and overrides as key=value (like --set)",
+        )
         p.add_argument("--preset", help="a shipped preset (see `fipframe presets`)")
         p.add_argument(
             "--set",
@@ -185,7 +352,7 @@ def parser(pm: Any) -> argparse.ArgumentParser:
             help="override a field, e.g. --set stages.0.steps=200 (repeatable)",
         )
 
-    p = sub.add_parser("run", help="run a traversal")
+    p = command("run", "run a traversal")
     config_args(p)
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
@@ -195,22 +362,41 @@ def parser(pm: Any) -> argparse.ArgumentParser:
         help="with --resume: accept a config.yaml edited by hand or changes to finished stages "
         "(recorded as forced in changes.jsonl)",
     )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="one run per seed in OUT/seed-<s>, then mean ± std over them (OUT/comparison.*)",
+    )
+    p.add_argument("--baseline", help="with --seeds: the branch others are judged against")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("validate", help="validate a config against the installed plugins")
+    p = command("validate", "validate a config against the installed plugins")
     config_args(p)
+    p.add_argument(
+        "--deep", action="store_true", help="also build the data and the model (no training)"
+    )
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("schema", help="print the JSON schema of configs (installed plugins)")
+    p = command("schema", "print the JSON schema of configs (installed plugins)")
     p.add_argument("--out", help="write to a file instead of stdout")
     p.add_argument("--markdown", action="store_true", help="a readable reference of every kind")
     p.set_defaults(func=cmd_schema)
-    sub.add_parser("plugins", help="list kinds per family and where they come from").set_defaults(
+    command("plugins", "list kinds per family and where they come from").set_defaults(
         func=cmd_plugins
     )
-    sub.add_parser("presets", help="list shipped and plugin presets").set_defaults(func=cmd_presets)
-    p = sub.add_parser("report", help="table and plot of a run directory")
-    p.add_argument("run_dir")
+    p = command("presets", "list shipped and plugin presets, or show one")
+    p.add_argument("action", nargs="?", choices=["show"], help="show NAME: print the preset")
+    p.add_argument("name", nargs="?", help="the preset to show")
+    p.add_argument(
+        "--resolved", action="store_true", help="with show: the validated config, every default"
+    )
+    p.set_defaults(func=cmd_presets)
+    p = command("report", "table and plot of a run directory; mean ± std across several")
+    p.add_argument("run_dir", nargs="+", help="one run directory, or several to compare")
+    p.add_argument("--baseline", help="several runs: the branch others are judged against")
+    p.add_argument("--out", help="several runs: where comparison.txt/png/svg go (a path stem)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("export", help="write the sparse network at the end of a branch")
+    p = command("export", "write the sparse network at the end of a branch")
     p.add_argument("run_dir")
     p.add_argument("--branch", help="branch to export (default: the last one run)")
     p.add_argument("--stage", help="stage of that branch (default: its last)")
@@ -219,8 +405,8 @@ def parser(pm: Any) -> argparse.ArgumentParser:
         "--structured", action="store_true", help="also remove fully pruned units (smaller model)"
     )
     p.set_defaults(func=cmd_export)
-    for impl in pm.hook.fipframe_add_commands.get_hookimpls():  # one broken plugin: a warning
-        try:
+    for impl in pm.hook.fipframe_add_commands.get_hookimpls() if pm is not None else ():
+        try:  # one broken plugin: a warning
             impl.function(subparsers=sub)
         except Exception as exc:
             from fipframe.plugins import _describe
@@ -232,18 +418,51 @@ def parser(pm: Any) -> argparse.ArgumentParser:
     return top
 
 
+def _help_only(argv: list[str]) -> bool:
+    """Help, version or usage of the built-in commands: answered without loading plugins."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None:
+        return True
+    return first in COMMANDS and any(a in ("-h", "--help") for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `fipframe schema | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a writer the pipe closed on
+
+
+def _main(argv: list[str]) -> int:
+    if _help_only(argv):
+        parser(None).parse_args(argv)  # prints and exits
     from fipframe.plugins import SWITCHES, make_plugin_manager
 
     pm = make_plugin_manager()
-    args = parser(pm).parse_args(argv)
+    top = parser(pm)
+    args, rest = top.parse_known_args(argv)
+    stray = [
+        a
+        for a in rest
+        if not (OVERRIDE.match(a) and isinstance(getattr(args, "config", None), list))
+    ]
+    if stray:
+        top.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:  # key=value after options: overrides too
+        args.config = [*args.config, *rest]
     args.pm = pm  # every command, plugin commands too, can reach the plugin manager
     if args.command != "plugins" and (pm.failures or pm.warnings):
         for problem in [*map(str, pm.failures), *pm.warnings]:
             print(f"warning: {problem}", file=sys.stderr)
         print(f"warning: ({SWITCHES})", file=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
@@ -258,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     except TraversalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # a full disk, a file system gone read-only: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import reprlib
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     ValidationError,
@@ -374,7 +376,7 @@ def validate(
         config = model.model_validate(dict(data))
     except ValidationError as exc:
         errors = exc.errors()
-        problems = [_format(e, registry) for e in errors[:MAX_PROBLEMS]]
+        problems = [_format(e, registry, model) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
         raise ConfigError(problems, source) from None
@@ -392,7 +394,7 @@ def validate(
     return config
 
 
-def _format(err: Mapping[str, Any], registry: Registry) -> str:
+def _format(err: Mapping[str, Any], registry: Registry, model: Any = None) -> str:
     path = _path(err["loc"], registry)
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "union_tag_invalid":
@@ -415,10 +417,60 @@ def _format(err: Mapping[str, Any], registry: Registry) -> str:
     if kind == "bool_number":
         return f"{path}.{ctx['field']}: expected a number, got a boolean ({ctx['value']})"
     if kind == "extra_forbidden":
-        return f"{path}: unknown field"
+        fields = _fields_at(model, err["loc"][:-1]) if model is not None else None
+        hint = did_you_mean(str(err["loc"][-1]), sorted(fields)) if fields else ""
+        return f"{path}: unknown field{hint}"
     shown = _SHORT.repr(err.get("input"))  # never the whole input (it may be huge)
     msg = err["msg"].removeprefix("Value error, ")
     return f"{path}: {msg} (got {shown})"
+
+
+def _fields_at(model: Any, loc: Sequence[Any]) -> set[str] | None:
+    """Field names of the config model at ``loc`` (a pydantic error location), or None."""
+    tp: Any = model
+    for item in loc:
+        if isinstance(item, str) and item.startswith(("function-", "tagged-union", "nullable")):
+            continue
+        tp = _step(tp, item)
+        if tp is None:
+            return None
+    tp = _bare(tp)
+    return set(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _bare(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _step(tp: Any, item: Any) -> Any:
+    """The type one location item below ``tp``: a field, a list element, a mapping value, or
+    the member of a tagged union named by its kind."""
+    tp = _bare(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(item) if isinstance(item, str) else None
+        return field.annotation if field is not None else None
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (list, tuple) and isinstance(item, int) and args:
+        return args[0]
+    if origin is dict and isinstance(item, str) and len(args) == 2:
+        return args[1]
+    if origin in (Union, types.UnionType):
+        members = [_bare(a) for a in args if a is not type(None)]
+        for m in members:  # the tag: pydantic puts the member's kind in the location
+            kind = m.model_fields.get("kind") if _is_model(m) else None
+            if kind is not None and kind.default == item:
+                return m
+        for m in members:
+            found = _step(m, item)
+            if found is not None:
+                return found
+    return None
 
 
 _SHORT = reprlib.Repr()

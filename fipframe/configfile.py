@@ -12,8 +12,10 @@ expansion); the environment variables ``FIPFRAME_CONFIG_MAX_BYTES``,
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +270,16 @@ def _parent(parts: list[Any]) -> str:
 
 
 def _child(node: Any, part: Any, so_far: str, key: str, next_part: Any) -> Any:
+    if isinstance(node, dict) and isinstance(node.get(part), str) and isinstance(next_part, str):
+        node[part] = {"kind": node[part]}  # `metric: kl` is `metric: {kind: kl}`: one place
+    if (
+        isinstance(node, list)
+        and isinstance(part, int)
+        and part < len(node)
+        and isinstance(node[part], str)
+        and isinstance(next_part, str)
+    ):
+        node[part] = {"kind": node[part]}  # objectives: [task_ce] -> objectives.0.weight
     if isinstance(node, dict) and part in node and node[part] is not None:
         return node[part]
     if isinstance(node, dict) and isinstance(part, str) and isinstance(next_part, str):
@@ -285,3 +297,121 @@ def _child(node: Any, part: Any, so_far: str, key: str, next_part: Any) -> Any:
             f"--set {key}: no such place in the config ({so_far}: the list has {len(node)} items)"
         )
     raise ConfigError(f"--set {key}: no such place in the config ({so_far} is inside a value)")
+
+
+# -- templates ----------------------------------------------------------------------------------
+_VAR = re.compile(r"\{([A-Za-z_]\w*)\}")
+DEFAULTS_KEY = "stage_defaults"
+
+
+def expand_templates(data: dict[str, Any]) -> dict[str, Any]:
+    """Write out the two shorthands of a config file, before overrides and validation (so an
+    override addresses the stages as written out, and config.yaml holds them in full):
+
+    - ``stage_defaults: {...}``: fields every stage (shared and per branch) starts from; a
+      stage's own value wins. Mappings are merged field by field when the stage's has the same
+      ``kind`` (or none); a mapping of another kind, a list or a value replaces the default.
+    - a stage-list item ``{repeat: {VAR: [v1, v2, ...], ...}, stage: {...}}``: one stage per
+      value (``stages: [...]`` instead of ``stage:``: those stages, in order, per value), with
+      ``"{VAR}"`` replaced in every string (a string that is exactly ``"{VAR}"`` takes the
+      value itself, so ``task: "{task}"`` is a number). Several variables take their values
+      together (equal lengths), not as a product.
+    """
+    if not isinstance(data, dict):
+        return data
+    defaults = data.pop(DEFAULTS_KEY, None)
+    if defaults is not None and not isinstance(defaults, dict):
+        raise ConfigError(f"{DEFAULTS_KEY}: expected a mapping of stage fields, got {defaults!r}")
+    if isinstance(data.get("stages"), list):
+        data["stages"] = _expand_list(data["stages"], "stages", defaults)
+    if isinstance(data.get("branches"), dict):
+        for name, stages in data["branches"].items():
+            if isinstance(stages, list):
+                data["branches"][name] = _expand_list(stages, f"branches.{name}", defaults)
+    return data
+
+
+def _expand_list(items: list[Any], where: str, defaults: dict[str, Any] | None) -> list[Any]:
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and "repeat" in item:
+            out += _repeat(item, f"{where}[{i}]")
+        else:
+            out.append(item)
+    if defaults:
+        out = [_merge(defaults, s) if isinstance(s, dict) else s for s in out]
+    return out
+
+
+def _repeat(item: dict[str, Any], where: str) -> list[Any]:
+    extra = sorted(set(item) - {"repeat", "stage", "stages"})
+    if extra or len({"stage", "stages"} & set(item)) != 1:
+        raise ConfigError(
+            f"{where}: a repeat item has `repeat:` and one of `stage:` (a stage) or `stages:` "
+            "(stages repeated together)"
+            + (f"; unexpected {', '.join(map(repr, extra))}" if extra else "")
+        )
+    spec = item["repeat"]
+    body = [item["stage"]] if "stage" in item else item["stages"]
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"{where}.repeat: expected a mapping VAR: [values], got {spec!r}")
+    if not isinstance(body, list) or not body or not all(isinstance(b, dict) for b in body):
+        what = "stage" if "stage" in item else "stages"
+        raise ConfigError(f"{where}.{what}: expected stage mappings, got {item[what]!r}")
+    lengths = {}
+    for var, values in spec.items():
+        if not isinstance(var, str) or not _VAR.fullmatch("{" + var + "}"):
+            raise ConfigError(f"{where}.repeat: {var!r} is not a variable name (letters, _)")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.repeat.{var}: expected a non-empty list, got {values!r}")
+        lengths[var] = len(values)
+    if len(set(lengths.values())) > 1:
+        said = ", ".join(f"{v}: {n}" for v, n in lengths.items())
+        raise ConfigError(f"{where}.repeat: the lists differ in length ({said}); they go together")
+    used = _variables(body)
+    unused = [v for v in spec if v not in used]
+    if unused:
+        raise ConfigError(
+            f"{where}.repeat: {', '.join(map(repr, unused))} appear nowhere in the stage "
+            '(write it as "{' + unused[0] + '}")'
+        )
+    n = next(iter(lengths.values()))
+    return [_fill(copy.deepcopy(b), {v: spec[v][k] for v in spec}) for k in range(n) for b in body]
+
+
+def _variables(node: Any) -> set[str]:
+    if isinstance(node, str):
+        return set(_VAR.findall(node))
+    if isinstance(node, dict):
+        return set().union(*(_variables(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_variables(v) for v in node)) if node else set()
+    return set()
+
+
+def _fill(node: Any, values: dict[str, Any]) -> Any:
+    if isinstance(node, str):
+        whole = _VAR.fullmatch(node)
+        if whole and whole.group(1) in values:
+            return values[whole.group(1)]
+        return _VAR.sub(lambda m: str(values.get(m.group(1), m.group(0))), node)
+    if isinstance(node, dict):
+        return {k: _fill(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, values) for v in node]
+    return node
+
+
+def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(defaults)
+    for key, value in stage.items():
+        base = out.get(key)
+        if (
+            isinstance(base, dict)
+            and isinstance(value, dict)
+            and value.get("kind", base.get("kind")) == base.get("kind")
+        ):
+            out[key] = _merge(base, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -40,6 +40,7 @@ RESERVED = frozenset(
         "summary.json",
         "results.txt",
         "accuracy.png",
+        "accuracy.svg",
         "run.json",
         "origin.json",
         "plugins.json",

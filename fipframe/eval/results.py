@@ -22,10 +22,39 @@ def stage_names(config: Any) -> dict[str, list[dict[str, Any]]]:
     plan = {TRUNK: list(dump.get("stages") or [])}
     plan.update(dict(dump.get("branches") or {}))
     return {
-        b: [{"name": s.get("name"), "steps": s.get("steps")} for s in stages if isinstance(s, dict)]
+        b: [
+            {"name": s.get("name"), "steps": s.get("steps"), "label": describe_stage(s)}
+            for s in stages
+            if isinstance(s, dict)
+        ]
         for b, stages in plan.items()
         if isinstance(stages, list)
     }
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("kind")
+    return None
+
+
+def describe_stage(stage: dict[str, Any]) -> str:
+    """A stage's method in a few words, for legends: the step rule, its alpha or eps, the
+    metric, and the objectives besides the task's loss (``penalty a=10 kl``)."""
+    integ = stage.get("integrator")
+    parts = [_kind(integ) or "?"]
+    if isinstance(integ, dict):
+        for key, short in (("alpha", "α"), ("eps", "ε")):
+            if isinstance(integ.get(key), (int, float)):
+                parts.append(f"{short}={integ[key]:g}")  # noqa: RUF001
+    metric = _kind(stage.get("metric"))
+    if metric and parts[0] != "gradient":
+        parts.append(metric)
+    others = [_kind(o) for o in stage.get("objectives") or []]
+    parts += [f"+{o}" for o in others if o and o != "task_ce"]
+    return " ".join(parts)
 
 
 @dataclass
@@ -346,36 +375,85 @@ class RunResult:
         rd.write_text("results.txt", self.table() + "\n")
         self.plot(self.run_dir / "accuracy.png")
 
+    def label(self, branch: str) -> str:
+        """``branch (method)``: the method of the branch's last stage, when the plan has it."""
+        stages = (self.plan or {}).get(branch) or []
+        method = stages[-1].get("label") if stages else None
+        return f"{branch} ({method})" if method and branch != TRUNK else branch
+
     def plot(self, path: str | Path) -> Path:
-        """Test accuracy of every task along each branch's path, one panel per branch."""
+        """The run on one figure: accuracy on the first task along every path (retention: the
+        shared stages drawn once), average accuracy over the tasks learned so far, and the two
+        quantities that define a FIP, the output divergence on stored inputs and the path's
+        length in the metric. Written as PNG (200 dpi) and SVG beside it."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        branches = self.branches
-        fig, axes = plt.subplots(
-            1, len(branches), figsize=(4.2 * len(branches), 3.4), sharey=True, squeeze=False
-        )
-        trunk_steps = max(
-            (r["global_step"] for r in self.records if r["branch"] == TRUNK), default=0
-        )
-        for ax, branch in zip(axes[0], branches, strict=True):
-            recs = self.path(branch)
-            steps = [r["global_step"] for r in recs]
-            for i, name in enumerate(self.task_names):
-                ys = [100 * r["metrics"].get(f"acc/test/task_{i}", float("nan")) for r in recs]
-                ax.plot(steps, ys, label=name, lw=1.6)
-            if branch != TRUNK and trunk_steps:
-                ax.axvline(trunk_steps, color="0.6", ls="--", lw=1)
-            ax.set_title(branch)
-            ax.set_xlabel("step along the path")
-            ax.set_ylim(-2, 102)
+        branches = [b for b in self.branches if b != TRUNK]
+        trunk = [r for r in self.records if r["branch"] == TRUNK]
+        trunk_end = max((r["global_step"] for r in trunk), default=0)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, axes = plt.subplots(2, 2, figsize=(10, 6.6), sharex=True)
+        (ax_first, ax_avg), (ax_div, ax_len) = axes
+        first = self.task_names[0] if self.task_names else "task 0"
+
+        def series(recs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+            pts = [(r["global_step"], r["metrics"][key]) for r in recs if key in r["metrics"]]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        def learned_avg(recs: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+            seen: list[int] = []
+            xs, ys = [], []
+            for r in recs:
+                t = r.get("task")
+                if t is not None and int(t) not in seen:
+                    seen.append(int(t))
+                accs = [r["metrics"].get(f"acc/test/task_{j}") for j in seen]
+                if accs and all(a is not None for a in accs):
+                    xs.append(r["global_step"])
+                    ys.append(100 * sum(accs) / len(accs))
+            return xs, ys
+
+        drawn: set[Any] = set()
+        if trunk:  # the shared stages, once, in grey
+            xs, ys = series(trunk, "acc/test/task_0")
+            ax_first.plot(xs, [100 * y for y in ys], color="0.45", lw=2, label="shared stages")
+            ax_avg.plot(*learned_avg(trunk), color="0.45", lw=2)
+        for i, b in enumerate(branches):
+            own = [r for r in self.records if r["branch"] == b]
+            c = colours[i % len(colours)]
+            xs, ys = series(own, "acc/test/task_0")
+            ax_first.plot(xs, [100 * y for y in ys], color=c, lw=1.6, label=self.label(b))
+            seen_trunk = [r for r in trunk if r.get("task") is not None][-1:]
+            ax_avg.plot(*learned_avg(seen_trunk + own), color=c, lw=1.6)
+            for ax, key in ((ax_div, "loss/divergence"), (ax_len, "path/length")):
+                xs, ys = series(own, key)
+                if xs:
+                    ax.plot(xs, ys, color=c, lw=1.6)
+                    drawn.add(ax)
+        for ax, title in (
+            (ax_first, f"retention: test accuracy on {first} (%)"),
+            (ax_avg, "average test accuracy over the tasks learned so far (%)"),
+            (ax_div, "output divergence on the stored inputs"),
+            (ax_len, "path length in the metric (cumulative, per stage)"),
+        ):
+            ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test accuracy (%)")
-        axes[0][-1].legend(loc="lower left", fontsize=8)
+            if trunk_end and branches:
+                ax.axvline(trunk_end, color="0.6", ls="--", lw=1)
+        for ax in (ax_first, ax_avg):
+            ax.set_ylim(-2, 102)
+        for ax in (ax_div, ax_len):
+            ax.set_xlabel("step along the path")
+            if ax not in drawn:
+                ax.text(0.5, 0.5, "no stage with a metric", ha="center", va="center",
+                        transform=ax.transAxes, color="0.5")  # fmt: skip
+        ax_first.legend(loc="lower left", fontsize=8)
         fig.tight_layout()
         out = Path(path)
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=200)
+        fig.savefig(out.with_suffix(".svg"))
         plt.close(fig)
         return out

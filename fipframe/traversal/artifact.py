@@ -15,7 +15,7 @@
       run.json               the run's id, when and where it started
       changes.jsonl          every config change accepted on resume (what, when, forced or not)
       delivered.json         the last record every logger was given (rows replayed on resume)
-      summary.json, accuracy.png   written at the end (and by ``fipframe report``)
+      summary.json, accuracy.png/.svg   written at the end (and by ``fipframe report``)
       .lock                  names the one process writing the run (pid, host); the lock itself
                              is a flock on the directory, held from the first write to the last
 

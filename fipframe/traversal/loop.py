@@ -74,6 +74,7 @@ class StageLoop:
         """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point."""
         comp, rec, ev = self.comp, self.records, self.comp.evaluator
         where = f"{branch}/{cfg.name}"
+        label = self.progress.label(branch, cfg.name)
         pruner = Pruner(cfg, carry, comp.adapter.prune_groups, params, where)
         # the stage starts on the manifold (a no-op for Euclidean; a resumed anchor already is)
         # and with the path's pruned weights at zero
@@ -168,7 +169,8 @@ class StageLoop:
             sums, count = {}, 0
 
         try:
-            with self.progress.bar(where, cfg.steps, step) as bar:
+            self.progress.advance(branch, cfg.name, step)  # the run's clock starts here
+            with self.progress.bar(label, cfg.steps, step) as bar:
                 comp.adapter.train(True)
                 while step < cfg.steps:
                     params = pruner.before_step(params, step, cfg.steps)
@@ -259,8 +261,10 @@ class StageLoop:
                         ),
                     )
                     self.notify(record)
-                    bar.set_postfix_str(short(metrics))
-                    self.progress.chunk(where, step, cfg.steps, short(metrics))
+                    eta = self.progress.advance(branch, cfg.name, step)
+                    text = short(metrics) + (f" | {eta}" if eta else "")
+                    bar.set_postfix_str(text)
+                    self.progress.chunk(label, step, cfg.steps, text)
             return self._finish(
                 branch,
                 si,
@@ -381,5 +385,5 @@ class StageLoop:
         }
         rec.commit(params, done)
         self.notify(record)
-        self.progress.line(f"{branch}/{cfg.name}: done. " + short(metrics))
+        self.progress.line(f"{self.progress.label(branch, cfg.name)} done. " + short(metrics))
         return params

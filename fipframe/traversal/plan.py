@@ -66,6 +66,7 @@ class Walk:
                 ev.recompute_batchnorm(start, t, comp.config.stages[0].batch_size)
             trunk.memory.add_task(t, comp.tasks.tasks[t], lambda x, p=start: ev.logits(p, x))
         steps = plan(comp.config)
+        self.loop.progress.plan(steps)
         order = [b for b, _ in steps]
         resume_at = (restart.branch, restart.stage) if restart else None
         for branch, stages in steps:
@@ -77,11 +78,13 @@ class Walk:
             first = 0
             if resume_at is not None:
                 if order.index(branch) < order.index(resume_at[0]):  # finished before
+                    self.loop.progress.skip(branch, stages)
                     self.add_tasks(path.memory, branch, stages)
                     if branch == TRUNK:
                         self.replay(trunk, branch, stages)
                     continue
                 first = resume_at[1]
+                self.loop.progress.skip(branch, stages[:first])
                 self.add_tasks(path.memory, branch, stages[:first])
                 done = [(s.task, self.records.end_params(branch, s.name)) for s in stages[:first]]
                 path.ends += done

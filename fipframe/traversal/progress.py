@@ -2,6 +2,8 @@
 
 ``run.progress`` chooses: ``bar`` (tqdm), ``lines`` (a line on stderr at most every 10 s and at
 every stage end), ``off``, or ``auto`` (a bar when stderr is a terminal, lines otherwise).
+Each stage is labelled with its place in the run (``fip/learn-5-9 [branch 3 of 3]``) and each
+update carries the whole run's share done and its ETA, from the steps this process has run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,47 @@ class Progress:
     def __init__(self, mode: str):
         self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode == "auto" else mode
         self._last_line = 0.0
+        self._total = 0
+        self._done: dict[tuple[str, str], int] = {}
+        self._branches: list[str] = []
+        self._clock: tuple[float, int] | None = None  # (time, steps done) when this process began
+
+    def plan(self, stages: list[tuple[str, list[Any]]]) -> None:
+        """The run's stages in order, ``[(branch, [stage configs])]``, trunk first."""
+        self._total = sum(int(s.steps) for _, ss in stages for s in ss)
+        self._branches = [b for b, _ in stages if b != "trunk"]
+
+    def skip(self, branch: str, stages: list[Any]) -> None:
+        """Stages finished before a resume: done, but not part of this process's rate."""
+        for s in stages:
+            before = self._done.get((branch, s.name), 0)
+            self._done[(branch, s.name)] = int(s.steps)
+            if self._clock is not None:  # shift the baseline: these steps took no time here
+                self._clock = (self._clock[0], self._clock[1] + int(s.steps) - before)
+
+    def label(self, branch: str, stage: str) -> str:
+        if branch in self._branches:
+            where = f"branch {self._branches.index(branch) + 1} of {len(self._branches)}"
+        else:
+            where = "shared stages"
+        return f"{branch}/{stage} [{where}]"
+
+    def advance(self, branch: str, stage: str, step: int) -> str:
+        """Record that ``branch/stage`` is at ``step``; the run's share done and ETA, as text."""
+        self._done[(branch, stage)] = step
+        done = sum(self._done.values())
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = (now, done)
+            return ""
+        if not self._total:
+            return ""
+        t0, d0 = self._clock
+        share = f"run {100 * done / self._total:.0f}%"
+        if done > d0 and now > t0:
+            left = (self._total - done) * (now - t0) / (done - d0)
+            return f"{share}, ETA {_duration(left)}"
+        return share
 
     @contextmanager
     def bar(self, label: str, total: int, start: int) -> Iterator[Any]:
@@ -44,6 +87,13 @@ class Progress:
         if self.mode == "lines" and now - self._last_line >= LINE_SECONDS:
             self._last_line = now
             self.line(f"{label} step {step}/{steps} {text}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class _NoBar:

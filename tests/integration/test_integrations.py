@@ -39,3 +39,30 @@ def test_lightning_callback_keeps_the_old_task():
 def test_avalanche_plugin_keeps_the_old_task():
     pytest.importorskip("avalanche")
     _forgets_without_keeps_with(_example("avalanche_fip").main(train_size=12000))
+
+
+def test_lightning_callback_keeps_its_anchors_through_a_checkpoint(tmp_path):
+    pytest.importorskip("lightning")
+    import lightning.pytorch as L
+    import torch
+
+    from fipframe.integrations.lightning import FIPCallback
+
+    ex = _example("lightning_fip")
+    torch.manual_seed(0)
+    module = ex.Classifier()
+    stored = torch.randn(16, 1, 28, 28)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    fip = FIPCallback(stored, alpha=1.0)
+    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(max_steps=2, callbacks=[fip], default_root_dir=tmp_path, **kw)
+    trainer.fit(module, loader)
+    ckpt = tmp_path / "c.ckpt"
+    trainer.save_checkpoint(ckpt)
+    anchors = fip.regularizer.anchor_outputs.clone()
+    again = FIPCallback(alpha=1.0)  # nothing given: the checkpoint brings inputs and anchors
+    trainer = L.Trainer(max_steps=4, callbacks=[again], default_root_dir=tmp_path, **kw)
+    trainer.fit(ex.Classifier(), loader, ckpt_path=ckpt)
+    torch.testing.assert_close(again.regularizer.anchor_outputs, anchors)
+    torch.testing.assert_close(again.regularizer.inputs, stored)

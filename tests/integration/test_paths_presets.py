@@ -9,6 +9,7 @@ import yaml
 
 import fipframe
 from fipframe.api import preset_path
+from fipframe.configfile import expand_templates
 from fipframe.data.vision import CIFAR_MEAN, CIFAR_STD
 from fipframe.eval import ensemble as E
 from fipframe.eval import paths as P
@@ -18,7 +19,7 @@ from tests.unit.test_vision_data import make_cifar
 
 def shrunk(name: str, root, **run) -> dict:
     """The preset with its stages cut to 2 steps of 8 on the generated files."""
-    cfg = yaml.safe_load(preset_path(name).read_text())
+    cfg = expand_templates(yaml.safe_load(preset_path(name).read_text()))  # stages written out
     cfg["data"].update(root=str(root), download=False)
     cfg["memory"]["size"] = 16
     cfg["run"].update(chunk=1, progress="off", eval_batch_size=64, bn_batches=2, **run)
