@@ -424,7 +424,7 @@ class RunResult:
         for i, b in enumerate(branches):
             own = [r for r in self.records if r["branch"] == b]
             c = colours[i % len(colours)]
-            xs, ys = series(own, "acc/test/task_0")
+            xs, ys = series(trunk[-1:] + own, "acc/test/task_0")  # on from the trunk's end
             ax_first.plot(xs, [100 * y for y in ys], color=c, lw=1.6, label=self.label(b))
             seen_trunk = [r for r in trunk if r.get("task") is not None][-1:]
             ax_avg.plot(*learned_avg(seen_trunk + own), color=c, lw=1.6)
