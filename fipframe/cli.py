@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -127,6 +128,54 @@ def _compare(dirs: Sequence[Path], stem: Path, baseline: str | None) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fipframe import sweep as S
+
+    source, overrides = _split(args)
+    if source and args.preset:
+        raise ConfigError("give a config file or --preset, not both")
+    if not source and not args.preset:
+        raise ConfigError("give a config file or --preset NAME (see `fipframe presets`)")
+    first = _load(args)
+    root = Path(args.out) if args.out else Path("runs") / f"{first.name}-sweep"
+    spec = S.SweepSpec(
+        str(Path(source).resolve()) if source else None,
+        args.preset,
+        overrides,
+        list(args.grid or ()),
+        list(args.seeds),
+    )
+    todo = S.prepare(spec, root, lambda extra: _load(args, extra))
+    threads = args.threads
+    if threads is None:  # share the cores among the workers
+        threads = max(1, (os.cpu_count() or 1) // args.workers) if args.backend == "local" else 1
+    how = (
+        f"{args.workers} workers x {threads} threads"
+        if args.backend == "local"
+        else f"{threads} thread(s) per Ray task"
+    )
+    print(
+        f"sweep {root}: {len(spec.cells)} cells x {len(spec.seeds)} seeds = {len(todo)} runs, "
+        f"{args.backend} backend, {how}",
+        file=sys.stderr,
+    )
+    try:
+        outcomes = S.execute(
+            spec, todo, backend=args.backend, workers=args.workers, threads=threads,
+            ray_address=args.ray_address,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue the sweep", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    text = S.summary(root)
+    print(text)
+    (root / "summary.txt").write_text(text + "\n")
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    for o in failed:
+        print(f"error: {o['out']}: {o['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args)
     stages = sum(len(s) for _, s in config.all_stages())
@@ -207,6 +256,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         return _compare(dirs, stem.with_suffix(""), args.baseline)
     if args.out or args.baseline:
         raise ConfigError("report: --out and --baseline compare several runs; give two or more")
+    from fipframe.sweep import SWEEP_FILE, summary
+
+    if (Path(args.run_dir[0]) / SWEEP_FILE).is_file():
+        print(summary(Path(args.run_dir[0])))
+        return 0
     return _report_one(args.run_dir[0])
 
 
@@ -271,11 +325,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("run", "validate", "schema", "plugins", "presets", "report", "export")
+COMMANDS = ("run", "sweep", "validate", "schema", "plugins", "presets", "report", "export")
 EPILOG = """examples:
   fipframe run --preset split-mnist                     the demo
   fipframe run my.yaml run.seed=1 stages.0.steps=200    overrides as key=value
   fipframe run my.yaml --seeds 0 1 2                    one run per seed, then mean +- std
+  fipframe sweep my.yaml --seeds 0 1 --grid a.b=1,10    a grid x seeds, in parallel
   fipframe run --resume runs/my                         continue after Ctrl-C or a crash
   fipframe validate my.yaml --deep                      also build the data and the model
   fipframe report runs/a runs/b                         tables and one plot across runs
@@ -290,6 +345,12 @@ EXAMPLES = {
         "fipframe run my.yaml --seeds 0 1 2 --baseline finetune      # mean ± std",
         "fipframe run --resume runs/demo                             # after Ctrl-C",
         "fipframe run --resume runs/demo branches.fip.0.integrator.lr=1e-4",
+    ],
+    "sweep": [
+        "fipframe sweep my.yaml --seeds 0 1 2 --grid branches.fip.0.integrator.alpha=1,10,100",
+        "fipframe sweep --preset split-mnist --seeds 0 1 --workers 2 --threads 1",
+        "fipframe sweep my.yaml --seeds 0 1 --grid run.chunk=25,50 --backend ray  # a cluster",
+        "fipframe report runs/my-sweep                                 # the summary again",
     ],
     "validate": [
         "fipframe validate my.yaml",
@@ -371,6 +432,21 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", help="with --seeds: the branch others are judged against")
     p.set_defaults(func=cmd_run)
+    p = command("sweep", "a config over seeds and a grid of overrides, runs in parallel")
+    config_args(p)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="PATH=V1,V2",
+        help="an axis of the grid (repeatable; the product of the axes is swept)",
+    )
+    p.add_argument("--out", help="sweep directory (default runs/<name>-sweep)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (local backend)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, or local)")
+    p.set_defaults(func=cmd_sweep)
     p = command("validate", "validate a config against the installed plugins")
     config_args(p)
     p.add_argument(

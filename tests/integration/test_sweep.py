@@ -1,0 +1,100 @@
+"""``fipframe sweep``: a 2 x 2 grid of cells x seeds on the local process pool and on Ray (a
+local Ray instance); every run a normal run directory, the same numbers on both backends, a
+second invocation continuing instead of repeating."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from fipframe.cli import main
+from fipframe.eval.results import RunResult
+
+GRID = "branches.fip.0.integrator.alpha=1,10"
+
+
+def _sweep(tiny, tmp_path, out, *extra):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    return main(["sweep", str(path), "--seeds", "0", "1", "--grid", GRID, "--out", str(out),
+                 "--threads", "1", *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    import copy
+
+    from tests.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "local"
+    assert _sweep(copy.deepcopy(TINY), tmp, out, "--workers", "2") == 0
+    return out
+
+
+def test_every_cell_and_seed_is_a_normal_finished_run(local):
+    spec = json.loads((local / "sweep.json").read_text())
+    assert [c["name"] for c in spec["cells"]] == ["alpha=1", "alpha=10"]
+    for alpha in (1, 10):
+        for seed in (0, 1):
+            run = local / f"alpha={alpha}" / f"seed-{seed}"
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            assert config["run"]["seed"] == seed
+            assert config["branches"]["fip"][0]["integrator"]["alpha"] == alpha
+            result = RunResult.load(run)
+            assert all(result.finished(b) for b in result.branches)
+    text = (local / "summary.txt").read_text()
+    assert "2 cells x 2 seeds" in text and text.count("2/2") == 2
+
+
+def test_a_second_invocation_continues(local, tmp_path, capsys):
+    import copy
+    import shutil
+
+    from tests.conftest import TINY
+
+    shutil.rmtree(local / "alpha=10" / "seed-1")  # one run lost; the others are kept
+    before = (local / "alpha=1/seed-0/metrics.jsonl").read_text()
+    assert _sweep(copy.deepcopy(TINY), tmp_path, local, "--workers", "1") == 0
+    err = capsys.readouterr().err
+    assert err.count("done before") == 3 and "alpha=10/seed-1 ran" in err
+    assert (local / "alpha=1/seed-0/metrics.jsonl").read_text() == before
+    assert main(["report", str(local)]) == 0
+    assert "alpha=10" in capsys.readouterr().out
+
+
+def test_ray_backend_gives_the_local_numbers(local, tiny, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert _sweep(tiny, tmp_path, tmp_path / "ray", "--backend", "ray") == 0
+    finally:
+        ray.shutdown()
+    for cell in ("alpha=1", "alpha=10"):
+        for seed in (0, 1):
+            a = RunResult.load(local / cell / f"seed-{seed}").final
+            b = RunResult.load(tmp_path / "ray" / cell / f"seed-{seed}").final
+            assert a == b, (cell, seed)
+
+
+def test_bad_sweeps_are_refused_before_anything_runs(tiny, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "bad"
+    assert main(["sweep", str(path), "--grid", "branches.fip.0.integrator.alpah=1,2",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "sweep cell alpah=1:" in err and "did you mean 'alpha'" in err
+    assert not out.exists()
+    assert main(["sweep", str(path), "--grid", "run.seed", "--out", str(out)]) == 2
+    assert "expected PATH=V1,V2" in capsys.readouterr().err
+    ok = tmp_path / "ok"
+    assert main(["sweep", str(path), "--grid", "run.chunk=10", "--out", str(ok),
+                 "--workers", "1", "--threads", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--grid", "run.chunk=5", "--out", str(ok)]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
