@@ -3,7 +3,10 @@
 Configuration problems, damaged or busy run directories print one line each and exit with 2,
 without a traceback; a traversal that cannot go on (divergence, non-finite values) and a file
 system error (a full disk) exit with 1. Ctrl-C during a run exits with 130 and prints how to
-resume (or that nothing was saved yet).
+resume (or that nothing was saved yet). A reader that closes the pipe early
+(``fipframe schema | head``) ends the command quietly with 141, as a shell reports a writer
+killed by SIGPIPE. ``fipframe --help`` and ``fipframe CMD --help`` are answered without loading
+plugins (they import torch), in well under a second.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--force applies to --resume only")
     if args.seeds is not None:
         return _run_seeds(args)
+    if args.baseline:
+        raise ConfigError("--baseline goes with --seeds (or `fipframe report RUN RUN ...`)")
     if args.resume:
         source, overrides = _split(args)
         if source or args.preset:
@@ -88,7 +93,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_seeds(args: argparse.Namespace) -> int:
     """One run per seed in ``OUT/seed-<s>``, then the comparison over them. Run again, the
     same command continues: finished seeds are read, interrupted ones resumed."""
-    from fipframe.api import resume, run
 
     if args.resume:
         raise ConfigError("--seeds starts or continues its runs itself; drop --resume")
@@ -96,21 +100,22 @@ def _run_seeds(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds: {args.seeds} repeats a seed")
     first = _load(args)
     root = Path(args.out) if args.out else Path("runs") / first.name
+    from fipframe.sweep import continue_run
+
     dirs = []
     for i, seed in enumerate(args.seeds):
         out = root / f"seed-{seed}"
         print(f"== seed {seed} ({i + 1} of {len(args.seeds)}): {out}", file=sys.stderr)
         try:
-            if (out / "config.yaml").is_file():
-                resume(out, pm=args.pm)
-            else:
-                run(_load(args, [f"run.seed={seed}"]), out=out)
+            status = continue_run(out, _load(args, [f"run.seed={seed}"]))
         except KeyboardInterrupt:
             print(
                 f"\ninterrupted at seed {seed}; run the same command again to continue",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
+        if status == "done before":
+            print(f"   finished before: read back from {out}", file=sys.stderr)
         dirs.append(out)
     return _compare(dirs, root / "comparison", args.baseline)
 

@@ -418,7 +418,7 @@ def _format(err: Mapping[str, Any], registry: Registry, model: Any = None) -> st
         return f"{path}.{ctx['field']}: expected a number, got a boolean ({ctx['value']})"
     if kind == "extra_forbidden":
         fields = _fields_at(model, err["loc"][:-1]) if model is not None else None
-        hint = did_you_mean(str(err["loc"][-1]), sorted(fields)) if fields else ""
+        hint = did_you_mean(str(err["loc"][-1]), sorted(fields), cutoff=0.6) if fields else ""
         return f"{path}: unknown field{hint}"
     shown = _SHORT.repr(err.get("input"))  # never the whole input (it may be huge)
     msg = err["msg"].removeprefix("Value error, ")

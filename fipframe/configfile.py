@@ -246,7 +246,14 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         parts: list[Any] = [int(k) if k.isdigit() else k for k in key.split(".")]
         node: Any = data
         for i, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(map(str, parts[: i + 1])), key, parts[i + 1])
+            node = _child(
+                node,
+                part,
+                ".".join(map(str, parts[: i + 1])),
+                key,
+                parts[i + 1],
+                parts[i - 1] if i > 0 else None,
+            )
         last = parts[-1]
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
@@ -269,11 +276,23 @@ def _parent(parts: list[Any]) -> str:
     return ".".join(map(str, parts[:-1])) or "the top level"
 
 
-def _child(node: Any, part: Any, so_far: str, key: str, next_part: Any) -> Any:
-    if isinstance(node, dict) and isinstance(node.get(part), str) and isinstance(next_part, str):
+#: config fields that name an implementation (``metric: kl`` = ``metric: {kind: kl}``); the
+#: list ones hold such entries (``objectives: [task_ce]``)
+KIND_SLOTS = frozenset({"model", "data", "manifold", "integrator", "metric"})
+KIND_LISTS = frozenset({"objectives", "loggers"})
+
+
+def _child(node: Any, part: Any, so_far: str, key: str, next_part: Any, parent: Any = None) -> Any:
+    if (
+        isinstance(node, dict)
+        and part in KIND_SLOTS
+        and isinstance(node.get(part), str)
+        and isinstance(next_part, str)
+    ):
         node[part] = {"kind": node[part]}  # `metric: kl` is `metric: {kind: kl}`: one place
     if (
         isinstance(node, list)
+        and parent in KIND_LISTS
         and isinstance(part, int)
         and part < len(node)
         and isinstance(node[part], str)
@@ -319,6 +338,7 @@ def expand_templates(data: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(data, dict):
         return data
+    data = _unshare(data)  # a YAML alias is a copy, not one object in two places
     defaults = data.pop(DEFAULTS_KEY, None)
     if defaults is not None and not isinstance(defaults, dict):
         raise ConfigError(f"{DEFAULTS_KEY}: expected a mapping of stage fields, got {defaults!r}")
@@ -402,9 +422,23 @@ def _fill(node: Any, values: dict[str, Any]) -> Any:
     return node
 
 
+def _unshare(node: Any) -> Any:
+    """A copy in which no dict or list appears twice (``copy.deepcopy`` keeps the sharing)."""
+    if isinstance(node, dict):
+        return {k: _unshare(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshare(v) for v in node]
+    return node
+
+
+def _kinded(key: str, value: Any) -> Any:
+    return {"kind": value} if key in KIND_SLOTS and isinstance(value, str) else value
+
+
 def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(defaults)
+    out = {k: _kinded(k, copy.deepcopy(v)) for k, v in defaults.items()}
     for key, value in stage.items():
+        value = _kinded(key, value)  # the shorthand merges as its long form does
         base = out.get(key)
         if (
             isinstance(base, dict)

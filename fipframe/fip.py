@@ -41,6 +41,18 @@ def make_metric(kind: str | Metric = "kl", /, **options: Any) -> Metric:
         if options:
             raise ConfigError("metric: options are for a kind name, not a built Metric")
         return kind
+    import json
+
+    key = (kind, json.dumps(options, sort_keys=True, default=repr))
+    if key not in _METRICS:  # built once per process: the plugin manager costs ~40 ms
+        _METRICS[key] = _build_metric(kind, options)
+    return _METRICS[key]
+
+
+_METRICS: dict[tuple[str, str], Metric] = {}
+
+
+def _build_metric(kind: str, options: dict[str, Any]) -> Metric:
     from pydantic import ValidationError
 
     from fipframe.plugins import make_plugin_manager
@@ -192,9 +204,10 @@ class FIPRegularizer:
 
     @torch.no_grad()
     def add(self, inputs: Tensor | Mapping[str, Tensor]) -> None:
-        """Store ``inputs`` with the model's outputs on them now (placed on the model's device)."""
-        device = next(self.model.parameters()).device
-        x = I.to(inputs, device)
+        """Store ``inputs`` with the model's outputs on them now (on the model's device; floating
+        tensors in its dtype)."""
+        first = next(self.model.parameters())
+        x = I.to(inputs, first.device, first.dtype)  # floating inputs in the model's precision
         out = _in_eval(self.model, x).detach()
         if self.inputs is None:
             self.inputs, self.anchor_outputs = x, out

@@ -162,6 +162,33 @@ def finished(out: Path) -> bool:
     return all(result.finished(b) for b in result.branches)
 
 
+def continue_run(out: Path, config: Any) -> str:
+    """Start, continue or read back the run of ``config`` in ``out``: ``ran``, ``resumed`` or
+    ``done before``. A directory that holds a run of another config is refused, naming what
+    differs; one interrupted before its first checkpoint is started again."""
+    from fipframe.api import load_config, resume, run
+    from fipframe.traversal import integrity
+    from fipframe.traversal.artifact import CHECKPOINT
+
+    if (out / "config.yaml").is_file():
+        stored = load_config(out / "config.yaml", pm=type(config).plugin_manager)
+        changes = integrity.diff(stored.dump(), config.dump())
+        if changes:
+            path, a, b = changes[0]
+            more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+            raise ConfigError(
+                f"{out}: holds a run of another config ({path}: {a!r} there, {b!r} now{more}); "
+                "give another --out, or the arguments it was run with"
+            )
+        if finished(out):
+            return "done before"
+        if (out / CHECKPOINT).is_file():
+            resume(out, pm=type(config).plugin_manager)
+            return "resumed"
+    run(config, out=out)  # new, or stopped before anything but config.yaml was saved
+    return "ran"
+
+
 def run_one(
     source: str | None, preset: str | None, overrides: list[str], out: str, threads: int
 ) -> dict[str, Any]:
@@ -170,19 +197,11 @@ def run_one(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from fipframe.api import load_config, resume, run
+    from fipframe.api import load_config
 
-    target = Path(out)
     t = time.perf_counter()
-    if finished(target):
-        return {"out": out, "status": "done before", "seconds": 0.0}
     try:
-        if (target / "config.yaml").is_file():
-            resume(target)
-            status = "resumed"
-        else:
-            run(load_config(source, preset=preset, overrides=overrides), out=target)
-            status = "ran"
+        status = continue_run(Path(out), load_config(source, preset=preset, overrides=overrides))
     except Exception as exc:  # one run's failure is reported; the sweep goes on
         return {"out": out, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return {"out": out, "status": status, "seconds": time.perf_counter() - t}

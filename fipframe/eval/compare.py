@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
 
 def outcome(a: Sequence[float], b: Sequence[float]) -> str:
     """lead / tie / loss of ``a`` against ``b``: a leads when its mean exceeds b's by more than
-    the larger of the two seed standard deviations ("n/a" when either has no runs)."""
-    if not a or not b:
+    the larger of the two seed standard deviations ("n/a" when either has fewer than 2 runs)."""
+    if len(a) < 2 or len(b) < 2:  # no spread to judge a difference against
         return "n/a"
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     if ma - mb > max(sa, sb):
@@ -33,6 +33,28 @@ def outcome(a: Sequence[float], b: Sequence[float]) -> str:
     if mb - ma > max(sa, sb):
         return "loss"
     return "tie"
+
+
+def _differences(run_dirs: Sequence[str | Path]) -> list[str]:
+    """Config fields (dotted paths, at most 6 named) that differ among the runs, run.seed and
+    the run's name aside: seeds of one config have none."""
+    from fipframe.configfile import read_file
+    from fipframe.traversal.integrity import diff
+
+    configs = []
+    for d in run_dirs:
+        path = Path(d) / "config.yaml"
+        if path.is_file():
+            c = read_file(path)
+            c.get("run", {}).pop("seed", None)
+            c.pop("name", None)
+            configs.append(c)
+    found: list[str] = []
+    for other in configs[1:]:
+        for where, _, _ in diff(configs[0], other):
+            if where not in found:
+                found.append(where)
+    return found[:6] + ([f"... ({len(found) - 6} more)"] if len(found) > 6 else [])
 
 
 def _cell(xs: Sequence[float], scale: float = 100.0) -> str:
@@ -45,6 +67,8 @@ def _cell(xs: Sequence[float], scale: float = 100.0) -> str:
 @dataclass
 class Comparison:
     results: list[RunResult]
+    #: fields other than run.seed in which the runs' configs differ (said above the table)
+    differences: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, run_dirs: Sequence[str | Path]) -> Comparison:
@@ -56,7 +80,7 @@ class Comparison:
                 + " vs ".join(", ".join(n) for n in sorted(names))
                 + "); compare runs of one task sequence"
             )
-        return cls(results)
+        return cls(results, _differences(run_dirs))
 
     @property
     def task_names(self) -> list[str]:
@@ -101,6 +125,11 @@ class Comparison:
         cw = max([len(h) for h in heads] + [len(c) for _, cs in rows for c in cs]) + 2
         lines = [
             f"test accuracy (%), mean ± sample std over {n_runs} runs",
+            *(
+                [f"note: the runs differ beyond run.seed, in {', '.join(self.differences)}"]
+                if self.differences
+                else []
+            ),
             "method".ljust(width) + "".join(h.rjust(cw) for h in heads),
         ]
         lines += [name.ljust(width) + "".join(c.rjust(cw) for c in cs) for name, cs in rows]

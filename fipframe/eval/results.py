@@ -436,7 +436,7 @@ class RunResult:
         for ax, title in (
             (ax_first, f"retention: test accuracy on {first} (%)"),
             (ax_avg, "average test accuracy over the tasks learned so far (%)"),
-            (ax_div, "output divergence on the stored inputs"),
+            (ax_div, "output divergence on the stored inputs (each branch's metric)"),
             (ax_len, "path length in the metric (cumulative, per stage)"),
         ):
             ax.set_title(title, fontsize=10)

@@ -10,9 +10,13 @@
     trainer.fit(module, new_task)     # loss + alpha * D(f(x; w), f(x; w_after_old_task))
 
 The term's gradient is added after Lightning's backward of the module's loss (so
-``training_step`` stays as it is), scaled like that loss under gradient accumulation and a
-16-bit GradScaler. The penalty is logged as ``fip_penalty``. One process only: under DDP the
-second backward would be reduced on its own (refused with a message).
+``training_step`` stays as it is), scaled like that loss under gradient accumulation and
+``16-mixed``'s GradScaler; stored inputs take the module's dtype (``bf16-true``,
+``64-true``). The penalty is logged as ``fip_penalty``. Automatic optimisation: under manual
+optimisation the term is added at every ``manual_backward``. One process only: under DDP the
+second backward would be reduced on its own (refused with a message). Resumed from a
+checkpoint, the callback takes its stored inputs and anchors from it (inputs given again to
+the constructor are not stored twice).
 """
 
 from __future__ import annotations
@@ -70,9 +74,10 @@ class FIPCallback(L.Callback):
             self.regularizer = FIPRegularizer(pl_module, **self._options)
             restored, self._restored = self._restored, None
             if restored:  # from a checkpoint: the anchors of the network that stored them
-                device = next(pl_module.parameters()).device
-                self.regularizer.inputs = I.to(restored["inputs"], device)
-                self.regularizer.anchor_outputs = restored["anchor_outputs"].to(device)
+                first = next(pl_module.parameters())
+                self.regularizer.inputs = I.to(restored["inputs"], first.device, first.dtype)
+                self.regularizer.anchor_outputs = restored["anchor_outputs"].to(first.device)
+                self._pending.clear()  # stored already: anchoring them again would be wrong
         self.regularizer.model = pl_module
         for x in self._pending:
             self.regularizer.add(x)

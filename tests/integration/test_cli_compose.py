@@ -110,3 +110,29 @@ def test_seeds_then_report_across_runs(tiny, tmp_path, capsys):
     assert (tmp_path / "c.txt").read_text().startswith("test accuracy (%), mean ± sample std")
     assert main(["report", str(out / "seed-0"), str(out / "seed-1"), "--baseline", "nope"]) == 2
     assert "--baseline: no branch 'nope'" in capsys.readouterr().err
+    # the same --out with another config: refused, naming what differs, nothing changed
+    assert main([*argv, "stages.0.steps=25"]) == 2
+    assert "seed-0: holds a run of another config (stages.0.steps: 20 there, 25 now)" in (
+        capsys.readouterr().err
+    )
+    assert (out / "seed-0/metrics.jsonl").read_text() == before
+    # runs of different configs compared: said above the table
+    other = tmp_path / "other"
+    assert main(["run", str(write(tmp_path, tiny)), "--out", str(other), "stages.0.steps=25"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out / "seed-0"), str(other), "--out", str(tmp_path / "d")]) == 0
+    assert "note: the runs differ beyond run.seed, in stages.0.steps" in capsys.readouterr().out
+
+
+def test_seeds_restart_a_run_stopped_before_its_first_checkpoint(tiny, tmp_path, capsys):
+    from fipframe import load_config
+
+    out = tmp_path / "s"
+    path = write(tmp_path, tiny)
+    (out / "seed-0").mkdir(parents=True)  # what a Ctrl-C before the first chunk leaves
+    resolved = load_config(path, overrides=["run.seed=0"]).dump()
+    (out / "seed-0/config.yaml").write_text(yaml.safe_dump(resolved))
+    assert main(["run", str(path), "--seeds", "0", "--out", str(out)]) == 0
+    assert (out / "seed-0/summary.json").is_file()
+    assert main(["run", str(path), "--baseline", "fip"]) == 2
+    assert "--baseline goes with --seeds" in capsys.readouterr().err

@@ -61,8 +61,9 @@ def test_lightning_callback_keeps_its_anchors_through_a_checkpoint(tmp_path):
     ckpt = tmp_path / "c.ckpt"
     trainer.save_checkpoint(ckpt)
     anchors = fip.regularizer.anchor_outputs.clone()
-    again = FIPCallback(alpha=1.0)  # nothing given: the checkpoint brings inputs and anchors
-    trainer = L.Trainer(max_steps=4, callbacks=[again], default_root_dir=tmp_path, **kw)
-    trainer.fit(ex.Classifier(), loader, ckpt_path=ckpt)
-    torch.testing.assert_close(again.regularizer.anchor_outputs, anchors)
-    torch.testing.assert_close(again.regularizer.inputs, stored)
+    for given in (None, stored):  # the checkpoint brings inputs and anchors, never twice
+        again = FIPCallback(given, alpha=1.0)
+        trainer = L.Trainer(max_steps=4, callbacks=[again], default_root_dir=tmp_path, **kw)
+        trainer.fit(ex.Classifier(), loader, ckpt_path=ckpt)
+        torch.testing.assert_close(again.regularizer.anchor_outputs, anchors)
+        torch.testing.assert_close(again.regularizer.inputs, stored)

@@ -30,6 +30,18 @@ def test_every_builtin_kind_is_documented():
         assert not missing, f"kinds missing from docs/{page}: {missing}"
 
 
+def test_every_first_party_plugin_kind_is_in_concepts():
+    """Kinds of the plugins this repository ships (plugins/*) are named in docs/concepts.md;
+    their fields are documented in each plugin's page."""
+    text = (DOCS / "concepts.md").read_text()
+    registry = make_plugin_manager().registry
+    ours = {"fipframe", "fipframe-hf", "fipframe-example"}
+    kinds = [(f, e.spec.kind) for f in FAMILIES for e in registry.entries(f) if e.dist in ours]
+    assert len(kinds) > 40  # the plugins loaded
+    missing = [f"{f}:{k}" for f, k in kinds if f"`{k}`" not in text]
+    assert not missing, f"kinds missing from docs/concepts.md: {missing}"
+
+
 def test_config_reference_is_what_schema_markdown_writes():
     from fipframe.config import markdown_reference
 

@@ -103,3 +103,11 @@ def test_bad_input_names_the_field():
         fipframe.FIPRegularizer(model).penalty()
     with pytest.raises(ConfigError, match="not parameters"):
         fipframe.metric_vp(model, "kl", x, {"nope": torch.zeros(1)})
+
+
+def test_inputs_take_the_models_dtype_and_metrics_are_built_once():
+    model = _net()  # float64
+    fip = fipframe.FIPRegularizer(model, torch.randn(5, 5), metric="kl")  # float32 given
+    assert fip.inputs.dtype == torch.float64 and fip().item() == pytest.approx(0.0, abs=1e-12)
+    assert fipframe.make_metric("kl") is fipframe.make_metric("kl")
+    assert fipframe.make_metric("l2", product="reverse") is not fipframe.make_metric("l2")

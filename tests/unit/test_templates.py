@@ -4,6 +4,7 @@ config (the `kind` shorthand and its long form are one place), did-you-mean for 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,18 @@ def test_rewritten_presets_write_out_every_stage():
     assert [s.name for s in ens.branches["fip"]] == [f"m{i}" for i in range(10)]
 
 
+LONGHAND = Path(__file__).resolve().parents[1] / "data/presets-longhand"
+
+
+@pytest.mark.parametrize(
+    "name", ["continual-split-mnist", "continual-permuted-mnist", "ensemble-cifar10-vgg16"]
+)
+def test_templated_presets_equal_the_longhand_files_they_replaced(name):
+    """tests/data/presets-longhand holds the presets as they were before templates (commit
+    4d4f2ed): the templated files must validate to the very same configs."""
+    assert load_config(preset=name).dump() == load_config(LONGHAND / f"{name}.yaml").dump()
+
+
 def test_written_out_config_reloads_to_the_same(tmp_path):
     import yaml
 
@@ -132,6 +145,33 @@ def test_unknown_override_keys_say_what_was_meant(override, message):
         load_config(preset="split-mnist", overrides=[override])
 
 
-def test_apply_overrides_refuses_a_missing_list():
+def test_apply_overrides_refuses_a_missing_list_and_values_that_are_not_kinds():
     with pytest.raises(ConfigError, match="no such place"):
         apply_overrides({"stages": []}, ["stages.0.steps=1"])
+    with pytest.raises(ConfigError, match=r"stages.0.name is a value, not a mapping"):
+        apply_overrides({"stages": [{"name": "a"}]}, ["stages.0.name.x=1"])
+    with pytest.raises(ConfigError, match=r"no such place"):
+        apply_overrides({"stages": [{"integrator": {"kind": "penalty"}}]},
+                        ["stages.0.integrator.kind.x=1"])  # fmt: skip
+
+
+def test_shorthand_and_long_form_merge_alike_and_aliases_are_copies():
+    defaults = {"stage_defaults": {"metric": {"kind": "kl", "temperature": 2}}}
+    short = expand_templates({**copy.deepcopy(defaults), "stages": [{"metric": "kl"}]})
+    long = expand_templates({**copy.deepcopy(defaults), "stages": [{"metric": {"kind": "kl"}}]})
+    assert short["stages"] == long["stages"] == [{"metric": {"kind": "kl", "temperature": 2}}]
+    other = expand_templates(
+        {"stage_defaults": {"metric": "kl"}, "stages": [{"metric": {"temperature": 3}}]}
+    )
+    assert other["stages"] == [{"metric": {"kind": "kl", "temperature": 3}}]
+    import yaml
+
+    data = expand_templates(yaml.safe_load("stages:\n- &s {name: a, metric: {kind: kl}}\n- *s\n"))
+    apply_overrides(data, ["stages.0.metric.kind=l2"])
+    assert [s["metric"]["kind"] for s in data["stages"]] == ["l2", "kl"]
+
+
+def test_stage_defaults_take_overrides_before_they_are_written_out():
+    config = load_config(preset="continual-split-mnist", overrides=["stage_defaults.steps=7"])
+    assert {s.steps for s in config.stages} == {7}
+    assert {s.steps for stages in config.branches.values() for s in stages} == {7}
