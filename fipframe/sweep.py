@@ -26,6 +26,9 @@ import yaml
 from fipframe.errors import ConfigError
 
 SWEEP_FILE = "sweep.json"
+#: config fields that change how a run is watched or read, not its results: a run continued
+#: with other values of these is the same run
+NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
 BACKENDS = ("local", "ray")
 
 
@@ -172,7 +175,11 @@ def continue_run(out: Path, config: Any) -> str:
 
     if (out / "config.yaml").is_file():
         stored = load_config(out / "config.yaml", pm=type(config).plugin_manager)
-        changes = integrity.diff(stored.dump(), config.dump())
+        changes = [
+            c
+            for c in integrity.diff(stored.dump(), config.dump())
+            if not any(c[0] == k or c[0].startswith(k + ".") for k in NOT_RESULTS)
+        ]
         if changes:
             path, a, b = changes[0]
             more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""

@@ -89,9 +89,35 @@ class ToNetwork(SecondaryObjective):
                 "(distance 0); nothing to reach (use scale: absolute to hold it there)"
             )
         self.norm = gap if self.config.scale == "relative" else 1.0
+        self.digest = weights_digest(self.target)
 
     def loss(self, params: Params, logits: Tensor | None, batch: Batch | None) -> Tensor:
         return 0.5 * _sq_dist(params, self.target, self.names) / self.norm
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"target_digest": self.digest}  # the target is pinned by content, not by path
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        old = state.get("target_digest")
+        if old is not None and not torch.equal(old.cpu(), self.digest):
+            raise ConfigError(
+                f"objective to_network: target {self.config.target} is not the network this "
+                "run started toward (its weights' sha256 differs from the checkpoint's); put "
+                "that file back, or start a new run"
+            )
+
+
+def weights_digest(weights: dict[str, Tensor]) -> Tensor:
+    """sha256 of names and raw bytes, in name order, as 32 uint8 (for checkpoints)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).clone()
 
 
 # -- diversity ------------------------------------------------------------------------------

@@ -49,10 +49,13 @@ def _differences(run_dirs: Sequence[str | Path]) -> list[str]:
             c.get("run", {}).pop("seed", None)
             c.pop("name", None)
             configs.append(c)
+    from fipframe.sweep import NOT_RESULTS
+
     found: list[str] = []
     for other in configs[1:]:
         for where, _, _ in diff(configs[0], other):
-            if where not in found:
+            watched = any(where == k or where.startswith(k + ".") for k in NOT_RESULTS)
+            if where not in found and not watched:
                 found.append(where)
     return found[:6] + ([f"... ({len(found) - 6} more)"] if len(found) > 6 else [])
 

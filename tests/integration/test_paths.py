@@ -264,3 +264,24 @@ def test_to_network_scales_and_diversity_radius(ends):
     push = Diversity(DiversityConfig(members=1))
     push.bind(SimpleNamespace(ends=[(0, b), (0, a)], anchor=a))  # only the last member repels
     assert float(push.loss(b, None, None)) == pytest.approx(-(gap**0.5), rel=1e-2)
+
+
+def test_a_target_replaced_during_a_run_is_refused_on_resume(ends, tmp_path):
+    from fipframe.api import load_config
+    from fipframe.plugins import make_plugin_manager
+
+    from .test_traversal import Recorder
+
+    target = tmp_path / "target.safetensors"
+    save_point(target, read_point(ends / "b").weights())
+    cfg = connect_config(ends)
+    cfg["stages"][0]["steps"] = 60
+    cfg["stages"][0]["objectives"][1]["target"] = str(target)
+    pm = make_plugin_manager(plugins=[Recorder(stop_after=2)])
+    with pytest.raises(KeyboardInterrupt):
+        fipframe.run(load_config(cfg, pm=pm), out=tmp_path / "cut")
+    save_point(target, read_point(ends / "a").weights())  # another network at the same path
+    with pytest.raises(ConfigError, match="is not the network this run started toward"):
+        fipframe.resume(tmp_path / "cut")
+    save_point(target, read_point(ends / "b").weights())  # put back: the run goes on
+    assert fipframe.resume(tmp_path / "cut").finished("trunk")
