@@ -179,6 +179,9 @@ def main() -> None:
             print(f"  {n:<24} {med[n]:>8.2f} {ratio:>15} {agree[n]:>30.1e}")
         for n, why in unsupported.items():
             print(f"  {n:<24} not run: {why}")
+        wrong = [n for n, d in agree.items() if d > 1e-4]
+        if wrong:  # a timing of a different product is no comparison
+            raise SystemExit(f"{title}: {', '.join(wrong)} disagree with fipframe (> 1e-4)")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import time
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "import fipframe": [sys.executable, "-c", "import fipframe"],
-    "fipframe --help": [sys.executable, "-m", "fipframe", "--help"],
-    "fipframe run --help": [sys.executable, "-m", "fipframe", "run", "--help"],
-    "fipframe plugins": [sys.executable, "-m", "fipframe", "plugins"],
-    "fipframe validate --preset split-mnist": [
+    "python -m fipframe --help": [sys.executable, "-m", "fipframe", "--help"],
+    "python -m fipframe run --help": [sys.executable, "-m", "fipframe", "run", "--help"],
+    "python -m fipframe plugins": [sys.executable, "-m", "fipframe", "plugins"],
+    "python -m fipframe validate --preset split-mnist": [
         sys.executable, "-m", "fipframe", "validate", "--preset", "split-mnist",
     ],
 }  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 from fipframe import plugins
 from fipframe.config import RunBase, apply_overrides, read_file, validate
-from fipframe.configfile import DEFAULTS_KEY, Limits, check_tree, expand_templates
+from fipframe.configfile import DEFAULTS_KEY, Limits, check_tree, expand_templates, unshare
 from fipframe.errors import ConfigError
 from fipframe.eval.results import RunResult
 from fipframe.traversal.engine import Traversal
@@ -94,6 +94,7 @@ def load_config(
     overrides = list(overrides)
     early = [o for o in overrides if o.startswith(f"{DEFAULTS_KEY}.")]  # before the expansion
     late = [o for o in overrides if o not in early]
+    data = unshare(data)  # a YAML alias is a copy: an override changes one place only
     data = apply_overrides(expand_templates(apply_overrides(data, early)), late)
     check_tree(data, Limits.from_env(), label or "config")
     return validate(data, registry, pm, source=label)

@@ -143,41 +143,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("give a config file or --preset NAME (see `fipframe presets`)")
     first = _load(args)
     root = Path(args.out) if args.out else Path("runs") / f"{first.name}-sweep"
-    spec = S.SweepSpec(
-        str(Path(source).resolve()) if source else None,
-        args.preset,
-        overrides,
-        list(args.grid or ()),
-        list(args.seeds),
+    todo = S.prepare(
+        list(args.grid or ()), overrides, list(args.seeds), root, lambda extra: _load(args, extra)
     )
-    todo = S.prepare(spec, root, lambda extra: _load(args, extra))
     threads = args.threads
     if threads is None:  # share the cores among the workers
         threads = max(1, (os.cpu_count() or 1) // args.workers) if args.backend == "local" else 1
     how = (
         f"{args.workers} workers x {threads} threads"
         if args.backend == "local"
-        else f"{threads} thread(s) per Ray task"
+        else f"{threads} thread(s) and {args.gpus_per_run:g} GPU(s) per Ray task"
     )
+    cells = len({j.cell.name for j in todo})
     print(
-        f"sweep {root}: {len(spec.cells)} cells x {len(spec.seeds)} seeds = {len(todo)} runs, "
+        f"sweep {root}: {cells} cells x {len(args.seeds)} seeds = {len(todo)} runs, "
         f"{args.backend} backend, {how}",
         file=sys.stderr,
     )
     try:
         outcomes = S.execute(
-            spec, todo, backend=args.backend, workers=args.workers, threads=threads,
-            ray_address=args.ray_address,
+            todo, backend=args.backend, workers=args.workers, threads=threads,
+            gpus=args.gpus_per_run, ray_address=args.ray_address,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue the sweep", file=sys.stderr)
         return EXIT_INTERRUPTED
-    text = S.summary(root)
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    for o in failed:  # first: a summary that cannot be read must not hide them
+        print(f"error: {o['out']}: {o['error']}", file=sys.stderr)
+    text = S.summary(root, [o["out"] for o in failed])
     print(text)
     (root / "summary.txt").write_text(text + "\n")
-    failed = [o for o in outcomes if o["status"] == "failed"]
-    for o in failed:
-        print(f"error: {o['out']}: {o['error']}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -354,7 +350,7 @@ EXAMPLES = {
     "sweep": [
         "fipframe sweep my.yaml --seeds 0 1 2 --grid branches.fip.0.integrator.alpha=1,10,100",
         "fipframe sweep --preset split-mnist --seeds 0 1 --workers 2 --threads 1",
-        "fipframe sweep my.yaml --seeds 0 1 --grid run.chunk=25,50 --backend ray  # a cluster",
+        "fipframe sweep my.yaml --seeds 0 1 --grid run.chunk=25,50 --backend ray --gpus-per-run 1",
         "fipframe report runs/my-sweep                                 # the summary again",
     ],
     "validate": [
@@ -451,6 +447,13 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="runs at once (local backend)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     p.add_argument("--ray-address", help="a Ray cluster (default: RAY_ADDRESS, or local)")
+    p.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        help="Ray: GPUs each run asks for (Ray then gives each its own); the local backend "
+        "puts every run on the config's run.device",
+    )
     p.set_defaults(func=cmd_sweep)
     p = command("validate", "validate a config against the installed plugins")
     config_args(p)

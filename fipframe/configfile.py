@@ -338,7 +338,7 @@ def expand_templates(data: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(data, dict):
         return data
-    data = _unshare(data)  # a YAML alias is a copy, not one object in two places
+    data = unshare(data)  # a YAML alias is a copy, not one object in two places
     defaults = data.pop(DEFAULTS_KEY, None)
     if defaults is not None and not isinstance(defaults, dict):
         raise ConfigError(f"{DEFAULTS_KEY}: expected a mapping of stage fields, got {defaults!r}")
@@ -422,12 +422,12 @@ def _fill(node: Any, values: dict[str, Any]) -> Any:
     return node
 
 
-def _unshare(node: Any) -> Any:
+def unshare(node: Any) -> Any:
     """A copy in which no dict or list appears twice (``copy.deepcopy`` keeps the sharing)."""
     if isinstance(node, dict):
-        return {k: _unshare(v) for k, v in node.items()}
+        return {k: unshare(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_unshare(v) for v in node]
+        return [unshare(v) for v in node]
     return node
 
 

@@ -2,10 +2,13 @@
 directory, on a local process pool or on Ray.
 
 A sweep directory holds ``sweep.json`` (what was asked) and one run directory per cell and seed,
-``OUT/<cell>/seed-<s>``. Running the same sweep again continues it: finished runs are read
-back, interrupted ones resumed (each from its own checkpoint), missing ones started. Runs are
-independent processes (or Ray tasks), so one failing leaves the others; the summary says which
-failed and the command exits with 1. ``fipframe report OUT`` prints the summary again.
+``OUT/<cell>/seed-<s>``. Every run's config is resolved and validated in the calling process
+before anything runs, and sent to the workers whole: editing the file mid-sweep changes nothing,
+and Ray's nodes need only the sweep directory. Running the same sweep again continues it:
+finished runs are read back, interrupted ones resumed (each from its own checkpoint), missing
+ones started. Runs are independent processes (or Ray tasks), so one failing, or its worker
+dying, leaves the others; the summary marks what failed and the command exits with 1.
+``fipframe report OUT`` prints the summary again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +31,13 @@ from fipframe.errors import ConfigError
 
 SWEEP_FILE = "sweep.json"
 #: config fields that change how a run is watched or read, not its results: a run continued
-#: with other values of these is the same run
+#: with other values of these is the same run (the new values are applied on resume)
 NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
 BACKENDS = ("local", "ray")
+
+
+def watch_only(path: str) -> bool:
+    return any(path == k or path.startswith(k + ".") for k in NOT_RESULTS)
 
 
 @dataclass(frozen=True)
@@ -45,43 +53,12 @@ class Job:
     cell: Cell
     seed: int
     out: Path
-
-
-@dataclass
-class SweepSpec:
-    source: str | None
-    preset: str | None
-    overrides: list[str]
-    grid: list[str]
-    seeds: list[int]
-    cells: list[Cell] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "source_sha256": _sha256(self.source),
-            "preset": self.preset,
-            "overrides": self.overrides,
-            "grid": self.grid,
-            "seeds": self.seeds,
-            "cells": [{"name": c.name, "overrides": list(c.overrides)} for c in self.cells],
-        }
-
-
-def _sha256(path: str | None) -> str | None:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
-
-
-def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """The same sweep: the config's content (wherever the file now is), overrides, grid, seeds."""
-    keys = set(old) | set(new)
-    return all(old.get(k) == new.get(k) for k in keys - {"source"})
+    config: dict[str, Any] = field(default_factory=dict)  # resolved, validated
 
 
 def _values(path: str, raw: str) -> list[Any]:
-    """``1,10,100`` or a YAML list ``[1, 10, 100]``; each value parsed as YAML."""
+    """``1,10,100`` or a YAML list ``[1, 10, 100]``; each value parsed as YAML; equal values
+    once."""
     try:
         if raw.strip().startswith("["):
             values = yaml.safe_load(raw)
@@ -91,7 +68,16 @@ def _values(path: str, raw: str) -> list[Any]:
         raise ConfigError(f"--grid {path}: {raw!r} is not a YAML list or a,b,c ({exc})") from None
     if not isinstance(values, list) or not values:
         raise ConfigError(f"--grid {path}: expected values a,b,c or [a, b, c], got {raw!r}")
-    return values
+    unique: list[Any] = []
+    for v in values:  # 5.0 and 5.00 are one value: one cell
+        if v not in unique:
+            unique.append(v)
+    return unique
+
+
+def _no_seed(item: str, where: str) -> None:
+    if item.split("=", 1)[0] == "run.seed":
+        raise ConfigError(f"{where}: run.seed is what --seeds sets; give the seeds there")
 
 
 def cells(grid: Sequence[str]) -> list[Cell]:
@@ -100,7 +86,8 @@ def cells(grid: Sequence[str]) -> list[Cell]:
     axes: list[tuple[str, list[Any]]] = []
     for item in grid:
         if "=" not in item:
-            raise ConfigError(f"--grid {item!r}: expected PATH=V1,V2,... (e.g. run.seed=0,1)")
+            raise ConfigError(f"--grid {item!r}: expected PATH=V1,V2,... (e.g. run.chunk=25,50)")
+        _no_seed(item, "--grid")
         path, raw = item.split("=", 1)
         if any(path == p for p, _ in axes):
             raise ConfigError(f"--grid: {path} is given twice; list its values once")
@@ -109,11 +96,19 @@ def cells(grid: Sequence[str]) -> list[Cell]:
         return [Cell("base", ())]
     lasts = [p.split(".")[-1] for p, _ in axes]
     names = [p.split(".")[-1] if lasts.count(p.split(".")[-1]) == 1 else p for p, _ in axes]
-    out = []
+    out: list[Cell] = []
     for combo in itertools.product(*(v for _, v in axes)):
         label = "+".join(f"{n}={_text(v)}" for n, v in zip(names, combo, strict=True))
         over = tuple(f"{p}={_text(v)}" for (p, _), v in zip(axes, combo, strict=True))
-        out.append(Cell(re.sub(r"[^\w.=+-]", "_", label), over))
+        cell = Cell(re.sub(r"[^\w.=+-]", "_", label), over)
+        clash = next((c for c in out if c.name == cell.name), None)
+        if clash is not None:
+            raise ConfigError(
+                f"--grid: {', '.join(clash.overrides)} and {', '.join(over)} would share the "
+                f"directory {cell.name!r} (names keep letters, digits and . = + - _); give "
+                "values that differ there"
+            )
+        out.append(cell)
     return out
 
 
@@ -123,36 +118,63 @@ def _text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
-def jobs(spec: SweepSpec, root: Path) -> list[Job]:
-    return [Job(c, s, root / c.name / f"seed-{s}") for c in spec.cells for s in spec.seeds]
+def _leaves(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [x for k, v in node.items() for x in _leaves(v, f"{path}.{k}" if path else k)]
+    if isinstance(node, list):
+        return [x for i, v in enumerate(node) for x in _leaves(v, f"{path}.{i}")] or [(path, [])]
+    return [(path, node)]
 
 
-def prepare(spec: SweepSpec, root: Path, validate: Callable[[list[str]], Any]) -> list[Job]:
-    """Check every cell's config before anything runs, then write (or match) sweep.json."""
-    if not spec.seeds:
+def _digest(config: dict[str, Any]) -> str:
+    """What identifies a cell's runs: its resolved config, seed and watch-only fields aside."""
+    import hashlib
+
+    kept = [(p, v) for p, v in _leaves(config) if p != "run.seed" and not watch_only(p)]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def prepare(
+    grid: Sequence[str],
+    overrides: Sequence[str],
+    seeds: Sequence[int],
+    root: Path,
+    resolve: Callable[[list[str]], Any],
+) -> list[Job]:
+    """Resolve and validate every run's config (``resolve(overrides) -> RunConfig``) before
+    anything runs, then write sweep.json, or check that the one there is this sweep."""
+    if not seeds:
         raise ConfigError("--seeds: give at least one seed")
-    if len(set(spec.seeds)) != len(spec.seeds):
-        raise ConfigError(f"--seeds: {spec.seeds} repeats a seed")
-    spec.cells = cells(spec.grid)
-    for cell in spec.cells:
-        try:
-            validate([*spec.overrides, *cell.overrides, f"run.seed={spec.seeds[0]}"])
-        except ConfigError as exc:
-            raise ConfigError(f"sweep cell {cell.name}: {exc}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: {list(seeds)} repeats a seed")
+    for item in overrides:
+        _no_seed(item, "overrides")
+    todo: list[Job] = []
+    record = []
+    for cell in cells(grid):
+        digest = None
+        for seed in seeds:
+            try:
+                config = resolve([*overrides, *cell.overrides, f"run.seed={seed}"]).dump()
+            except ConfigError as exc:
+                raise ConfigError(f"sweep cell {cell.name}, seed {seed}: {exc}") from None
+            todo.append(Job(cell, seed, root / cell.name / f"seed-{seed}", config))
+            digest = digest or _digest(config)
+        record.append({"name": cell.name, "overrides": list(cell.overrides), "config": digest})
+    spec = {"cells": record, "seeds": list(seeds), "grid": list(grid), "overrides": list(overrides)}
     path = root / SWEEP_FILE
     if path.exists():
         old = json.loads(path.read_text())
-        if not _same(old, spec.to_dict()):
+        if [(c["name"], c.get("config")) for c in old.get("cells", [])] != [
+            (c["name"], c["config"]) for c in record
+        ]:
             raise ConfigError(
-                f"{path}: {root} holds another sweep (config, overrides, grid or seeds differ); "
-                "give another --out, or the same arguments to continue it"
+                f"{path}: {root} holds another sweep (its cells or their configs differ); give "
+                "another --out, or the same config and grid to continue it"
             )
-        if old.get("source") != spec.source:  # the same file moved: run from where it is now
-            path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
-    return jobs(spec, root)
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=2) + "\n")  # seeds may grow; the cells may not
+    return todo
 
 
 def finished(out: Path) -> bool:
@@ -165,24 +187,34 @@ def finished(out: Path) -> bool:
     return all(result.finished(b) for b in result.branches)
 
 
+def _clear_unstarted(out: Path) -> None:
+    """Remove what a run stopped before its first checkpoint left (config.yaml, run.json,
+    origin.json, points, ...): nothing of its progress is lost, and it can start again."""
+    from fipframe.core.configs import RESERVED, RESERVED_DIRS
+
+    for name in [*RESERVED, ".lock"]:
+        (out / name).unlink(missing_ok=True)
+    for name in RESERVED_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def continue_run(out: Path, config: Any) -> str:
     """Start, continue or read back the run of ``config`` in ``out``: ``ran``, ``resumed`` or
     ``done before``. A directory that holds a run of another config is refused, naming what
-    differs; one interrupted before its first checkpoint is started again."""
+    differs (fields that only change how a run is watched are taken from ``config``); one
+    stopped before its first checkpoint is started again."""
     from fipframe.api import load_config, resume, run
     from fipframe.traversal import integrity
     from fipframe.traversal.artifact import CHECKPOINT
 
+    pm = type(config).plugin_manager
     if (out / "config.yaml").is_file():
-        stored = load_config(out / "config.yaml", pm=type(config).plugin_manager)
-        changes = [
-            c
-            for c in integrity.diff(stored.dump(), config.dump())
-            if not any(c[0] == k or c[0].startswith(k + ".") for k in NOT_RESULTS)
-        ]
-        if changes:
-            path, a, b = changes[0]
-            more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+        stored = load_config(out / "config.yaml", pm=pm)
+        changes = integrity.diff(stored.dump(), config.dump())
+        differ = [c for c in changes if not watch_only(c[0])]
+        if differ:
+            path, a, b = differ[0]
+            more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
             raise ConfigError(
                 f"{out}: holds a run of another config ({path}: {a!r} there, {b!r} now{more}); "
                 "give another --out, or the arguments it was run with"
@@ -190,15 +222,16 @@ def continue_run(out: Path, config: Any) -> str:
         if finished(out):
             return "done before"
         if (out / CHECKPOINT).is_file():
-            resume(out, pm=type(config).plugin_manager)
+            settings = [f"{p}={_text(b)}" for p, _, b in changes if b is not integrity._ABSENT]
+            resume(out, overrides=settings, pm=pm)
             return "resumed"
-    run(config, out=out)  # new, or stopped before anything but config.yaml was saved
+        if not (out / "metrics.jsonl").is_file():
+            _clear_unstarted(out)
+    run(config, out=out)
     return "ran"
 
 
-def run_one(
-    source: str | None, preset: str | None, overrides: list[str], out: str, threads: int
-) -> dict[str, Any]:
+def run_one(config: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
     """One run of the sweep, in a worker process or a Ray task: started, resumed or read."""
     import torch
 
@@ -208,64 +241,74 @@ def run_one(
 
     t = time.perf_counter()
     try:
-        status = continue_run(Path(out), load_config(source, preset=preset, overrides=overrides))
+        status = continue_run(Path(out), load_config(config))
     except Exception as exc:  # one run's failure is reported; the sweep goes on
         return {"out": out, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return {"out": out, "status": status, "seconds": time.perf_counter() - t}
 
 
 def execute(
-    spec: SweepSpec,
     todo: list[Job],
     *,
     backend: str,
     workers: int,
     threads: int,
+    gpus: float = 0.0,
     ray_address: str | None = None,
     say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> list[dict[str, Any]]:
-    """Run every job; returns their outcomes in the order of ``todo``."""
+    """Run every job; their outcomes, in the order of ``todo``."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if workers < 1:
         raise ConfigError(f"--workers: expected a positive integer, got {workers}")
     if threads < 0:
         raise ConfigError(f"--threads: expected 0 (torch's default) or more, got {threads}")
-    calls = [
-        (spec.source, spec.preset, [*spec.overrides, *j.cell.overrides, f"run.seed={j.seed}",
-                                    "run.progress=off"], str(j.out), threads)
-        for j in todo
-    ]  # fmt: skip
-    names = {str(j.out): f"{j.cell.name}/seed-{j.seed}" for j in todo}
-    outcomes: dict[str, dict[str, Any]] = {}
+    if gpus < 0:
+        raise ConfigError(f"--gpus-per-run: expected 0 or more, got {gpus}")
+    calls = []
+    for j in todo:
+        config = json.loads(json.dumps(j.config))
+        config.setdefault("run", {})["progress"] = "off"  # runs side by side: no bars
+        calls.append((config, str(j.out), threads))
+    outcomes: dict[int, dict[str, Any]] = {}
 
-    def done(result: dict[str, Any]) -> None:
-        outcomes[result["out"]] = result
+    def done(i: int, result: dict[str, Any]) -> None:
+        outcomes[i] = result
+        j = todo[i]
         took = f" in {result['seconds']:.0f} s" if result.get("seconds") else ""
         said = f": {result['error']}" if result["status"] == "failed" else took
-        say(f"[{len(outcomes)}/{len(todo)}] {names[result['out']]} {result['status']}{said}")
+        say(f"[{len(outcomes)}/{len(todo)}] {j.cell.name}/seed-{j.seed} {result['status']}{said}")
 
     if backend == "local":
         _local(calls, workers, done)
     else:
-        _ray(calls, threads, ray_address, done)
-    return [outcomes[str(j.out)] for j in todo]
+        _ray(calls, threads, gpus, ray_address, done)
+    return [outcomes[i] for i in range(len(todo))]
 
 
-def _local(calls: list[tuple], workers: int, done: Callable[[dict[str, Any]], None]) -> None:
+def _failed(out: str, exc: BaseException) -> dict[str, Any]:
+    return {"out": out, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _local(calls: list[tuple], workers: int, done: Callable[[int, dict[str, Any]], None]) -> None:
     if workers == 1:
-        for c in calls:
-            done(run_one(*c))
+        for i, c in enumerate(calls):
+            done(i, run_one(*c))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: a fresh interpreter per worker (no forked torch thread pools or CUDA contexts)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, *c) for c in calls]
+        futures = {pool.submit(run_one, *c): i for i, c in enumerate(calls)}
         try:
             for f in as_completed(futures):
-                done(f.result())
+                i = futures[f]
+                try:
+                    done(i, f.result())
+                except Exception as exc:  # the worker died (killed, out of memory)
+                    done(i, _failed(calls[i][1], exc))
         except KeyboardInterrupt:
             for f in futures:
                 f.cancel()
@@ -273,7 +316,11 @@ def _local(calls: list[tuple], workers: int, done: Callable[[dict[str, Any]], No
 
 
 def _ray(
-    calls: list[tuple], threads: int, address: str | None, done: Callable[[dict[str, Any]], None]
+    calls: list[tuple],
+    threads: int,
+    gpus: float,
+    address: str | None,
+    done: Callable[[int, dict[str, Any]], None],
 ) -> None:
     try:
         import ray
@@ -287,38 +334,55 @@ def _ray(
             include_dashboard=False,
             log_to_driver=False,
         )
-    task = ray.remote(num_cpus=max(threads, 1))(run_one)
-    pending = [task.remote(*c) for c in calls]
+    task = ray.remote(num_cpus=max(threads, 1), num_gpus=gpus)(run_one)
+    pending = {task.remote(*c): i for i, c in enumerate(calls)}
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        done(ray.get(ready[0]))
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ready[0])
+        try:
+            done(i, ray.get(ready[0]))
+        except Exception as exc:  # the task's worker died
+            done(i, _failed(calls[i][1], exc))
 
 
-def summary(root: Path) -> str:
-    """Average test accuracy per cell and branch, mean ± std over the cell's finished seeds."""
+def summary(root: Path, failed: Sequence[str] = ()) -> str:
+    """Average test accuracy per cell and branch, mean ± std over the cell's finished seeds;
+    the seeds column counts finished runs and names failed ones."""
     from fipframe.eval.compare import Comparison, _cell
 
     spec = json.loads((root / SWEEP_FILE).read_text())
+    failed_set = {str(Path(f)) for f in failed}
     rows, branches = [], []
     for c in spec["cells"]:
         dirs = [root / c["name"] / f"seed-{s}" for s in spec["seeds"]]
-        dirs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
-        comp = Comparison.load(dirs) if dirs else None
+        bad = [d for d in dirs if str(d) in failed_set]
+        readable = []
+        for d in dirs:
+            if d in bad or not (d / "metrics.jsonl").is_file():
+                continue
+            readable.append(d)
+        comp = None
+        if readable:
+            try:
+                comp = Comparison.load(readable)
+            except Exception:  # noqa: BLE001  (a damaged run: the others are still shown)
+                comp = None
         if comp is not None:
             branches += [b for b in comp.branches if b not in branches]
-        rows.append((c["name"], comp))
+        rows.append((c["name"], comp, len(bad)))
     heads = [*branches, "seeds"]
-    cells_ = []
-    for name, comp in rows:
+    body = []
+    for name, comp, n_bad in rows:
         vals = [_cell(comp.averages(b)) if comp else "-" for b in branches]
         n = min((len(comp.averages(b)) for b in branches), default=0) if comp else 0
-        cells_.append((name, [*vals, f"{n}/{len(spec['seeds'])}"]))
-    width = max([len(n) for n, _ in cells_] + [4])
-    cw = max([len(h) for h in heads] + [len(v) for _, vs in cells_ for v in vs]) + 2
+        seeds = f"{n}/{len(spec['seeds'])}" + (f", {n_bad} failed" if n_bad else "")
+        body.append((name, [*vals, seeds]))
+    width = max([len(n) for n, _ in body] + [4])
+    cw = max([len(h) for h in heads] + [len(v) for _, vs in body for v in vs]) + 2
     lines = [
         f"sweep {root}: {len(rows)} cells x {len(spec['seeds'])} seeds; average test accuracy "
         "(%), mean ± sample std over the seeds that finished",
         "cell".ljust(width) + "".join(h.rjust(cw) for h in heads),
     ]
-    lines += [n.ljust(width) + "".join(v.rjust(cw) for v in vs) for n, vs in cells_]
+    lines += [n.ljust(width) + "".join(v.rjust(cw) for v in vs) for n, vs in body]
     return "\n".join(lines)

@@ -57,6 +57,7 @@ class FIPCallback(L.Callback):
             metric=metric, alpha=alpha, reduction=reduction, batch_size=batch_size, seed=seed
         )
         self._pending: list[Tensor | Mapping[str, Tensor]] = [] if inputs is None else [inputs]
+        self._initial = inputs  # what a checkpoint holds already, when resuming
         self.regularizer: FIPRegularizer | None = None
         self._restored: dict[str, Any] | None = None
 
@@ -77,7 +78,9 @@ class FIPCallback(L.Callback):
                 first = next(pl_module.parameters())
                 self.regularizer.inputs = I.to(restored["inputs"], first.device, first.dtype)
                 self.regularizer.anchor_outputs = restored["anchor_outputs"].to(first.device)
-                self._pending.clear()  # stored already: anchoring them again would be wrong
+                # the constructor's inputs are in the checkpoint already: anchoring them again
+                # would be wrong; inputs given with add() since are new
+                self._pending = [x for x in self._pending if x is not self._initial]
         self.regularizer.model = pl_module
         for x in self._pending:
             self.regularizer.add(x)

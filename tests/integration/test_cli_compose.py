@@ -124,14 +124,30 @@ def test_seeds_then_report_across_runs(tiny, tmp_path, capsys):
     assert "note: the runs differ beyond run.seed, in stages.0.steps" in capsys.readouterr().out
 
 
-def test_seeds_restart_a_run_stopped_before_its_first_checkpoint(tiny, tmp_path, capsys):
-    from fipframe import load_config
+class _StopAtStart:
+    """Ctrl-C as the traversal starts: config.yaml, run.json, origin.json are written, no
+    checkpoint yet."""
 
+    @staticmethod
+    def fipframe_traversal_start(run):
+        raise KeyboardInterrupt
+
+
+def test_seeds_restart_a_run_stopped_before_its_first_checkpoint(tiny, tmp_path, capsys):
+    import pytest
+
+    import fipframe
+    from fipframe import load_config
+    from fipframe.plugins import make_plugin_manager
+
+    _StopAtStart.fipframe_traversal_start = fipframe.hookimpl(_StopAtStart.fipframe_traversal_start)
     out = tmp_path / "s"
     path = write(tmp_path, tiny)
-    (out / "seed-0").mkdir(parents=True)  # what a Ctrl-C before the first chunk leaves
-    resolved = load_config(path, overrides=["run.seed=0"]).dump()
-    (out / "seed-0/config.yaml").write_text(yaml.safe_dump(resolved))
+    pm = make_plugin_manager(plugins=[_StopAtStart()])
+    with pytest.raises(KeyboardInterrupt):
+        fipframe.run(load_config(path, overrides=["run.seed=0"], pm=pm), out=out / "seed-0")
+    left = {p.name for p in (out / "seed-0").iterdir()}
+    assert "config.yaml" in left and "run.json" in left and "checkpoint.safetensors" not in left
     assert main(["run", str(path), "--seeds", "0", "--out", str(out)]) == 0
     assert (out / "seed-0/summary.json").is_file()
     assert main(["run", str(path), "--baseline", "fip"]) == 2

@@ -67,3 +67,10 @@ def test_lightning_callback_keeps_its_anchors_through_a_checkpoint(tmp_path):
         trainer.fit(ex.Classifier(), loader, ckpt_path=ckpt)
         torch.testing.assert_close(again.regularizer.anchor_outputs, anchors)
         torch.testing.assert_close(again.regularizer.inputs, stored)
+    more = torch.randn(4, 1, 28, 28)
+    again = FIPCallback(stored, alpha=1.0)
+    again.add(more)  # new inputs given before the resumed fit are stored, once
+    trainer = L.Trainer(max_steps=4, callbacks=[again], default_root_dir=tmp_path, **kw)
+    trainer.fit(ex.Classifier(), loader, ckpt_path=ckpt)
+    assert len(again.regularizer) == 20
+    torch.testing.assert_close(again.regularizer.anchor_outputs[:16], anchors)

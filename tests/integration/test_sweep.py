@@ -81,6 +81,17 @@ def test_ray_backend_gives_the_local_numbers(local, tiny, tmp_path):
             assert a == b, (cell, seed)
 
 
+def test_cells_that_would_share_a_directory_are_refused_and_equal_values_merged():
+    from fipframe.errors import ConfigError
+    from fipframe.sweep import cells
+
+    assert [c.name for c in cells(["branches.fip.0.integrator.alpha=5.0,5.00,5"])] == ["alpha=5.0"]
+    with pytest.raises(ConfigError, match="would share the directory 'name=a_b'"):
+        cells(["name=a b,a?b"])
+    with pytest.raises(ConfigError, match="run.seed is what --seeds sets"):
+        cells(["run.seed=0,1"])
+
+
 def test_bad_sweeps_are_refused_before_anything_runs(tiny, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny))
@@ -88,7 +99,7 @@ def test_bad_sweeps_are_refused_before_anything_runs(tiny, tmp_path, capsys):
     assert main(["sweep", str(path), "--grid", "branches.fip.0.integrator.alpah=1,2",
                  "--out", str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert "sweep cell alpah=1:" in err and "did you mean 'alpha'" in err
+    assert "sweep cell alpah=1, seed 0:" in err and "did you mean 'alpha'" in err
     assert not out.exists()
     assert main(["sweep", str(path), "--grid", "run.seed", "--out", str(out)]) == 2
     assert "expected PATH=V1,V2" in capsys.readouterr().err
@@ -98,3 +109,9 @@ def test_bad_sweeps_are_refused_before_anything_runs(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", str(path), "--grid", "run.chunk=5", "--out", str(ok)]) == 2
     assert "holds another sweep" in capsys.readouterr().err
+    # the file edited where it does not change the runs (a comment, progress): the same sweep
+    edited = {**tiny, "run": {**tiny["run"], "progress": "lines"}}
+    path.write_text("# a comment\n" + yaml.safe_dump(edited))
+    assert main(["sweep", str(path), "--grid", "run.chunk=10", "--out", str(ok),
+                 "--workers", "1", "--threads", "1"]) == 0  # fmt: skip
+    assert "done before" in capsys.readouterr().err
