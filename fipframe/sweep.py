@@ -296,23 +296,41 @@ def _local(calls: list[tuple], workers: int, done: Callable[[int, dict[str, Any]
         for i, c in enumerate(calls):
             done(i, run_one(*c))
         return
+    broken = _pool(calls, list(range(len(calls))), workers, done)
+    # a worker died and broke the pool: every run it held or had queued lost its worker. Each
+    # is run again alone, so only the one that kills its worker is reported failed
+    for i in broken:
+        for j in _pool(calls, [i], 1, done):
+            died = "its worker process died (killed, out of memory, a crash)"
+            done(j, {"out": calls[j][1], "status": "failed", "error": died})
+
+
+def _pool(
+    calls: list[tuple], which: list[int], workers: int, done: Callable[[int, dict[str, Any]], None]
+) -> list[int]:
+    """Run ``calls[which]`` on a fresh spawn pool; the indices whose worker pool broke."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
+    broken = []
     # spawn: a fresh interpreter per worker (no forked torch thread pools or CUDA contexts)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, *c): i for i, c in enumerate(calls)}
+        futures = {pool.submit(run_one, *calls[i]): i for i in which}
         try:
             for f in as_completed(futures):
                 i = futures[f]
                 try:
                     done(i, f.result())
-                except Exception as exc:  # the worker died (killed, out of memory)
+                except BrokenProcessPool:
+                    broken.append(i)
+                except Exception as exc:  # anything else from the pool: this run failed
                     done(i, _failed(calls[i][1], exc))
         except KeyboardInterrupt:
             for f in futures:
                 f.cancel()
             raise
+    return sorted(broken)
 
 
 def _ray(

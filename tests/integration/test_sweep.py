@@ -5,6 +5,7 @@ second invocation continuing instead of repeating."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -115,3 +116,39 @@ def test_bad_sweeps_are_refused_before_anything_runs(tiny, tmp_path, capsys):
     assert main(["sweep", str(path), "--grid", "run.chunk=10", "--out", str(ok),
                  "--workers", "1", "--threads", "1"]) == 0  # fmt: skip
     assert "done before" in capsys.readouterr().err
+
+
+CRASH = """
+import os
+
+import fipframe
+
+
+@fipframe.hookimpl
+def fipframe_traversal_start(run):
+    if run.config.name == "crash":
+        os._exit(3)  # the worker process dies, as an out-of-memory kill would end it
+"""
+
+
+def test_a_worker_that_dies_is_a_failed_run_and_the_sweep_reports(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    from tests.conftest import make_distribution
+
+    plugins = tmp_path / "plugins"
+    make_distribution(plugins, "crashplug", "crashplug_mod", CRASH)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv("PYTHONPATH", str(plugins))  # the spawned workers find it too
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "sw"
+    code = main(["sweep", str(path), "--grid", "name=ok,crash", "--out", str(out),
+                 "--workers", "2", "--threads", "1"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "name=crash/seed-0 failed: its worker process died" in captured.err
+    # the other run: finished first, or stopped with the broken pool and resumed alone
+    assert re.search(r"name=ok/seed-0 (ran|resumed)", captured.err), captured.err
+    assert "error: " in captured.err and "name=crash" in captured.err
+    assert "name=crash" in captured.out and "1 failed" in captured.out  # the summary, marked
