@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fipframe.core.adapter import call
+from fipframe.core.adapter import ArchitectureAdapter, call
 from fipframe.core.metric import Metric
 from fipframe.core.params import Params
 from fipframe.data import inputs as I
@@ -137,12 +137,10 @@ def metric_vp(
                 f"v[{n!r}]: shape {tuple(t.shape)}, parameter {tuple(params[n].shape)}"
             )
 
+    adapter = ArchitectureAdapter(model)
+
     def forward(p: Params) -> Tensor:
-        if isinstance(inputs, Mapping):
-            out = torch.func.functional_call(model, p, (), dict(inputs), strict=False)
-        else:
-            out = torch.func.functional_call(model, p, (inputs,), strict=False)
-        return getattr(out, "logits", out)
+        return adapter.forward(p, inputs)
 
     was = model.training
     model.train(False)

@@ -28,16 +28,10 @@ from typing import Any
 import yaml
 
 from fipframe.errors import ConfigError
+from fipframe.traversal.integrity import watch_only
 
 SWEEP_FILE = "sweep.json"
-#: config fields that change how a run is watched or read, not its results: a run continued
-#: with other values of these is the same run (the new values are applied on resume)
-NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
 BACKENDS = ("local", "ray")
-
-
-def watch_only(path: str) -> bool:
-    return any(path == k or path.startswith(k + ".") for k in NOT_RESULTS)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def _differences(run_dirs: Sequence[str | Path]) -> list[str]:
     """Config fields (dotted paths, at most 6 named) that differ among the runs, run.seed and
     the run's name aside: seeds of one config have none."""
     from fipframe.configfile import read_file
-    from fipframe.traversal.integrity import diff
+    from fipframe.traversal.integrity import diff, watch_only
 
     configs = []
     for d in run_dirs:
@@ -49,13 +49,10 @@ def _differences(run_dirs: Sequence[str | Path]) -> list[str]:
             c.get("run", {}).pop("seed", None)
             c.pop("name", None)
             configs.append(c)
-    from fipframe.sweep import NOT_RESULTS
-
     found: list[str] = []
     for other in configs[1:]:
         for where, _, _ in diff(configs[0], other):
-            watched = any(where == k or where.startswith(k + ".") for k in NOT_RESULTS)
-            if where not in found and not watched:
+            if where not in found and not watch_only(where):
                 found.append(where)
     return found[:6] + ([f"... ({len(found) - 6} more)"] if len(found) > 6 else [])
 

@@ -32,6 +32,14 @@ from fipframe.errors import RunDirError
 from fipframe.traversal.artifact import CHANGES, RUN, RunDir
 
 GLOBAL = ("name", "model", "data", "manifold", "memory", "run.seed", "run.dtype", "run.init")
+#: config fields that change how a run is watched or read, not its results: a run continued
+#: with other values of these is the same run (``--seeds``, sweeps, comparisons)
+NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
+
+
+def watch_only(path: str) -> bool:
+    """Is the dotted config path one of :data:`NOT_RESULTS` (or inside one)?"""
+    return any(path == k or path.startswith(k + ".") for k in NOT_RESULTS)
 STATEFUL = (
     "integrator.kind",
     "integrator.optimizer",
