@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fipframe.errors import ConfigError, PluginError, RunDirError, TraversalError
+from fipframe.errors import ConfigError, FipframeError, PluginError, RunDirError, TraversalError
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -66,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.force and not args.resume:
         raise ConfigError("--force applies to --resume only")
+    if args.nproc is not None:
+        return _launch(args)
     if args.seeds is not None:
         return _run_seeds(args)
     if args.baseline:
@@ -85,8 +87,56 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run(config, out=out)
     except KeyboardInterrupt:
         return _interrupted(out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 prints the results of a data-parallel run
     print(result.table())
     print(f"\nrun directory: {out}  (plot: {out / 'accuracy.png'})")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: the same command under torchrun, N data-parallel processes on this host."""
+    n = args.nproc
+    if n < 1:
+        raise ConfigError(f"--nproc: {n} processes; give 1 or more")
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc: already under torchrun (WORLD_SIZE is set); drop --nproc")
+    if args.seeds is not None:
+        raise ConfigError(
+            "--nproc with --seeds: runs of several seeds are independent; use `fipframe sweep` "
+            "to run them side by side, or --nproc for each run"
+        )
+    if args.resume:  # the processes would each say so; say it once, before starting them
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise ConfigError(f"{args.resume}: not a run directory (no config.yaml)")
+    else:
+        _load(args)  # a bad config is reported once, before any process starts
+    rest, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    line = ["--standalone", f"--nproc-per-node={n}", "-m", "fipframe", *rest]
+    print(f"launching {n} processes: torchrun {' '.join(line)}", file=sys.stderr)
+    try:
+        torchrun(parse_args(line))
+    except ChildFailedError as exc:  # the processes printed their errors; summarise once
+        failed = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
+        said = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in failed)
+        print(
+            f"error: {len(failed)} of {n} processes stopped: {said}. Anything committed is in "
+            "the run directory: fix the cause and run again with --resume DIR",
+            file=sys.stderr,
+        )
+        code = failed[0][1].exitcode
+        return code if code > 0 else 1
     return 0
 
 
@@ -432,6 +482,13 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
         help="one run per seed in OUT/seed-<s>, then mean ± std over them (OUT/comparison.*)",
     )
     p.add_argument("--baseline", help="with --seeds: the branch others are judged against")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="walk the path with N data-parallel processes on this host (torchrun; each takes "
+        "1/N of every batch; gloo on CPU, NCCL on CUDA)",
+    )
     p.set_defaults(func=cmd_run)
     p = command("sweep", "a config over seeds and a grid of overrides, runs in parallel")
     config_args(p)
@@ -543,30 +600,32 @@ def _main(argv: list[str]) -> int:
         for problem in [*map(str, pm.failures), *pm.warnings]:
             print(f"warning: {problem}", file=sys.stderr)
         print(f"warning: ({SWITCHES})", file=sys.stderr)
+    args.argv = argv
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except PluginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except RunDirError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except TraversalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except FipframeError as exc:
+        if getattr(exc, "echo", False):  # rank 0's error: rank 0 prints it
+            return 1 if isinstance(exc, TraversalError) else EXIT_CONFIG
+        return _report(exc)
     except BrokenPipeError:
         raise
     except OSError as exc:  # a full disk, a file system gone read-only: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+
+
+def _report(exc: FipframeError) -> int:
+    """Print one of fipframe's errors without a traceback; the exit code it means."""
+    if isinstance(exc, (ConfigError, RunDirError)):
+        lines = exc.problems if isinstance(exc, RunDirError) else str(exc).splitlines()
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(exc, PluginError) else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ class Terms:
     """The loss terms at one point: weighted objectives, mean divergence to the anchor.
 
     ``stored`` is the number of stored inputs the divergence is the mean over (what a ``sum``
-    reduction multiplies it by).
+    reduction multiplies it by), every data-parallel process's together.
     """
 
     objective: Tensor
@@ -50,6 +50,12 @@ class StepProblem:
     stored_forward: Callable[[Params], Tensor] | None = None
     #: if set, :func:`riemannian_gradient` hands it the gradient of each step (for observers)
     gradient_sink: Callable[[Params], None] | None = None
+    #: data parallelism (:mod:`fipframe.traversal.ranks`): averages tensors over the processes.
+    #: :func:`riemannian_gradient` averages the gradient with it; the metric's products are
+    #: averaged already. An integrator that differentiates ``evaluate`` itself must call it.
+    average: Callable[[list[Tensor]], list[Tensor]] | None = None
+    #: set by :func:`riemannian_gradient` once it averaged (the engine checks it)
+    averaged: bool = False
 
 
 class PathIntegrator(ABC):
@@ -63,6 +69,9 @@ class PathIntegrator(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: whether ``step`` reads ``Terms.divergence``; if not, the engine never computes it
     uses_divergence: ClassVar[bool] = True
+    #: whether ``step`` averages over data-parallel processes by itself (through
+    #: ``StepProblem.average``); steps built on :func:`riemannian_gradient` need not say so
+    data_parallel: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -105,6 +114,9 @@ def riemannian_gradient(
         total = total + weight * terms.divergence
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
+    if problem.average is not None:  # the gradient of the global batch, the same everywhere
+        grads = problem.average(grads)
+        problem.averaged = True
     rgrad = problem.manifold.egrad2rgrad(params, like(params, grads))
     if problem.gradient_sink is not None:
         problem.gradient_sink(rgrad)

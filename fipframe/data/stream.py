@@ -342,7 +342,12 @@ class BatchStream:
         self.sampler = sampler
         # the loader walks a host copy of the sampler (same indices, no device sync per step)
         self._host = Sampler(
-            sampler.n, sampler.batch_size, seed=sampler.seed, name=sampler.name, device="cpu"
+            sampler.n,
+            sampler.batch_size,
+            seed=sampler.seed,
+            name=sampler.name,
+            device="cpu",
+            shard=getattr(sampler, "shard", (0, 1)),
         )
         self._it: Iterator[tuple[I.Inputs, Tensor]] | None = None
         self._last: tuple[int, tuple[I.Inputs, Tensor, Tensor]] | None = None

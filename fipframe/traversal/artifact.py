@@ -353,8 +353,13 @@ class RunDir:
             os.fsync(f.fileno())
 
     # -- points and records --------------------------------------------------------------------
+    @staticmethod
+    def point_name(name: str) -> str:
+        """Where :meth:`save_point` puts the point ``name``, relative to the run."""
+        return f"points/{name}.safetensors"
+
     def save_point(self, name: str, params: Params, meta: dict[str, Any]) -> str:
-        rel = f"points/{name}.safetensors"
+        rel = self.point_name(name)
         tensors = {f"param/{k}": v for k, v in params.items()}
         atomic_save_tensors(self.root / rel, tensors, dict(meta, params=list(params)))
         return rel

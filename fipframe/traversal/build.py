@@ -26,6 +26,7 @@ from fipframe.data.sampling import Sampler
 from fipframe.data.task import TaskSequence
 from fipframe.errors import ConfigError, TraversalError
 from fipframe.eval.measure import Evaluator
+from fipframe.traversal.ranks import Ranks
 
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.modules.dropout._DropoutNd)
 
@@ -58,6 +59,8 @@ class Components:
     #: where the model and data came from: "config" or "python" (recorded in the run)
     model_source: str = "config"
     data_source: str = "config"
+    #: the processes walking this path together (one: ``Ranks()``)
+    ranks: Ranks = field(default_factory=Ranks)
 
 
 @dataclass
@@ -111,6 +114,8 @@ def build_components(
     """
     rs = config.run
     device = resolve_device(rs.device)
+    ranks = Ranks.from_env(device)
+    device = ranks.device(device)
     dtype = getattr(torch, rs.dtype)
     torch.manual_seed(rs.seed)
     if data is None:
@@ -171,6 +176,8 @@ def build_components(
                 )
     stale = rs.init is not None and not reopen and not start(adapter, rs.init)
     adapter.to(device, dtype)
+    # every process starts from rank 0's weights, whatever the module's initialisation did
+    ranks.share([t.data for t in adapter.model.parameters()] + list(adapter.model.buffers()))
     check_output(adapter, tasks)
     for where, stages in config.all_stages():
         for i, s in enumerate(stages):
@@ -198,6 +205,7 @@ def build_components(
         mode_dependent,
         "config" if model is None else "python",
         "config" if data is None else "python",
+        ranks,
     )
 
 
@@ -284,8 +292,20 @@ def build_stage(
     objectives = [reg.build("objective", o) for o in cfg.objectives]
     key = stage_seed(comp.config.run.seed, branch, si)
 
+    ranks = comp.ranks
+
     def sampler(name: str, n: int, batch_size: int) -> Sampler:
-        return Sampler(n, batch_size, seed=key, name=name, device=comp.device)
+        try:
+            return Sampler(
+                n,
+                batch_size,
+                seed=key,
+                name=name,
+                device=comp.device,
+                shard=(ranks.rank, ranks.world),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{branch}/{cfg.name}: {exc}") from None
 
     sources: dict[tuple[str, int, int], Any] = {}
 

@@ -87,6 +87,17 @@ class Traversal:
     def evaluator(self) -> Any:
         return self.components.evaluator
 
+    @property
+    def rank(self) -> int:
+        """This process's rank among the data-parallel processes (0 alone); hooks that write
+        files should do so on rank 0 only."""
+        return self.components.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes walk this path together (1 without torchrun)."""
+        return self.components.ranks.world
+
     def evaluate(self, params: Any) -> dict[str, float]:
         """Accuracy of ``params`` on every task's val and test split, and their averages."""
         return self.components.evaluator.evaluate(params)
@@ -104,9 +115,13 @@ class Traversal:
         """
         if resume and self.dir is None:
             raise TraversalError("resume needs the run directory (out=...) to resume from")
+        ranks = self.components.ranks
+        ranks.agree("the run's config", integrity.digest(self.config))
+        ranks.agree("resuming", bool(resume))
         if self.dir is None:
             return self._run(None, resume=False, force=force, overrides=overrides)
-        self.dir.create(fresh=not resume)  # takes the run's lock
+        rd = self.dir
+        ranks.on_main(lambda: rd.create(fresh=not resume))  # rank 0 takes the run's lock
         try:
             return self._run(self.dir, resume=resume, force=force, overrides=overrides)
         finally:
@@ -115,39 +130,44 @@ class Traversal:
     def _run(
         self, rd: RunDir | None, *, resume: bool, force: bool, overrides: Iterable[str]
     ) -> RunResult:
-        records = Records(self.config, rd, self.device)
+        ranks = self.components.ranks
+        records = Records(self.config, rd, self.device, write=ranks.main)
         restart = None
-        progress = Progress(self.config.run.progress)
+        progress = Progress(self.config.run.progress if ranks.main else "off")
         if rd is not None and resume:
-            tensors, meta = records.read_restart(lambda meta: integrity.check_run(rd, meta))
-            changes = integrity.check(rd, self.config, meta, overrides=overrides, force=force)
-            origin.check(rd.root, origin.read(rd.root), self.components)
-            problems = rd.audit(records.items, meta)
-            if problems:
-                raise RunDirError([*problems, f"{rd.root}: cannot resume until these are restored"])
-            if changes:
-                integrity.record(rd, self.config, meta, changes, overrides, force)
-                progress.line(f"config changed on resume ({len(changes)} fields; {CHANGES})")
+            # rank 0 checks the directory and cuts its records back to the checkpoint; the
+            # others then read what it left (they write nothing)
+            checked = ranks.on_main(
+                lambda: self._check_resume(rd, records, progress, overrides, force)
+            )
+            if ranks.main:
+                assert checked is not None
+                tensors, meta = checked
+            else:
+                tensors, meta = records.read_restart()
+            # every process holds the same checkpoint before rank 0 writes the next one
+            ranks.agree("the checkpoint to resume from", (meta["seq"], meta.get("run_id")))
             origin.restore_fixed(rd.root, self.components)
             restart = records.restart(tensors, meta)
             rid = integrity.run_id(rd) or meta.get("run_id")
+            world = int(meta.get("world", 1))
+            if world != ranks.world:
+                progress.line(
+                    f"note: resumed by {ranks.world} process(es); the run had {world}. The path "
+                    "is the same: every process shares one global batch"
+                )
         elif rd is not None:
-            self._build_loggers(rd)  # a logger refusing its file stops the run before it writes
-            rd.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
-            rd.write_json("plugins.json", self._plugin_versions())
-            origin.write(rd.root, self.components)
-            if self._fixed():  # parameters no path moves: saved once, for load_into and export
-                rd.save_point(Path(FIXED).stem, self._fixed(), {"kind": "fixed"})
-            rid = integrity.start(rd)
+            rid = ranks.same(ranks.on_main(lambda: self._start_dir(rd)))
         if rd is not None:
-            records.stamp = integrity.stamp(self.config, rid)
+            records.stamp = {**integrity.stamp(self.config, rid), "world": ranks.world}
             for note in rd.notes:
                 progress.line(f"note: {note}")
-            if restart is not None:
-                self._build_loggers(rd)
-                self._replay(rd, records.items)
-            elif self.loggers:
-                rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
+            if ranks.main:
+                if restart is not None:
+                    self._build_loggers(rd)
+                    self._replay(rd, records.items)
+                elif self.loggers:
+                    rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
         loop = StageLoop(self.components, records, progress, self._notify, self.position)
         self._hook("fipframe_traversal_start", run=self)
         try:
@@ -160,10 +180,40 @@ class Traversal:
         )
         result.points = dict(records.ends)
         result.fixed = self._fixed()
-        if rd is not None:
+        if rd is not None and ranks.main:
             result.save()
         self._hook("fipframe_traversal_end", run=self, result=result)
         return result
+
+    def _check_resume(
+        self,
+        rd: RunDir,
+        records: Records,
+        progress: Progress,
+        overrides: Iterable[str],
+        force: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Read the checkpoint and check that it, the config and the files belong together."""
+        tensors, meta = records.read_restart(lambda meta: integrity.check_run(rd, meta))
+        changes = integrity.check(rd, self.config, meta, overrides=overrides, force=force)
+        origin.check(rd.root, origin.read(rd.root), self.components)
+        problems = rd.audit(records.items, meta)
+        if problems:
+            raise RunDirError([*problems, f"{rd.root}: cannot resume until these are restored"])
+        if changes:
+            integrity.record(rd, self.config, meta, changes, overrides, force)
+            progress.line(f"config changed on resume ({len(changes)} fields; {CHANGES})")
+        return tensors, meta
+
+    def _start_dir(self, rd: RunDir) -> str:
+        """A fresh run's description: config, plugin versions, origin, fixed parameters."""
+        self._build_loggers(rd)  # a logger refusing its file stops the run before it writes
+        rd.write_text("config.yaml", yaml.safe_dump(self.config.dump(), sort_keys=False))
+        rd.write_json("plugins.json", self._plugin_versions())
+        origin.write(rd.root, self.components)
+        if self._fixed():  # parameters no path moves: saved once, for load_into and export
+            rd.save_point(Path(FIXED).stem, self._fixed(), {"kind": "fixed"})
+        return integrity.start(rd)
 
     def _build_loggers(self, rd: RunDir) -> None:
         self.loggers = [

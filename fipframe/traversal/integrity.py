@@ -40,6 +40,8 @@ NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
 def watch_only(path: str) -> bool:
     """Is the dotted config path one of :data:`NOT_RESULTS` (or inside one)?"""
     return any(path == k or path.startswith(k + ".") for k in NOT_RESULTS)
+
+
 STATEFUL = (
     "integrator.kind",
     "integrator.optimizer",

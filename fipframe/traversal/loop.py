@@ -73,6 +73,8 @@ class StageLoop:
     ) -> Params:
         """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point."""
         comp, rec, ev = self.comp, self.records, self.comp.evaluator
+        ranks = comp.ranks
+        buffers = list(comp.adapter.model.buffers())
         where = f"{branch}/{cfg.name}"
         label = self.progress.label(branch, cfg.name)
         pruner = Pruner(cfg, carry, comp.adapter.prune_groups, params, where)
@@ -182,6 +184,8 @@ class StageLoop:
                     )
                     before = params
                     moved, state, stats = st.integrator.step(st.part(params), state, problem, scale)
+                    if ranks.parallel and not problem.averaged:
+                        _not_averaged(st.integrator, cfg)
                     params = moved if st.moving is None else {**params, **moved}
                     params = pruner.after_step(params)
                     guard.watch(stats)
@@ -199,6 +203,9 @@ class StageLoop:
                     names = list(sums)
                     watched = [guard.pending] if guard.pending is not None else []
                     values = torch.stack([sums[k].float() for k in names] + watched)
+                    if ranks.parallel:  # the chunk's statistics over the global batch
+                        (values,) = ranks.mean([values])
+                        ranks.share(buffers)  # BatchNorm statistics: rank 0's, as DDP does
                     finite = bool(torch.isfinite(values).all() & all_finite(params))  # one sync
                     problem_text = None if finite else "non-finite values"
                     if finite:
@@ -227,6 +234,8 @@ class StageLoop:
                         bar.update(step - bar.n)
                         break  # the stage-end record below carries this chunk
                     metrics = {**train_metrics, **ev.evaluate(params)}
+                    # every process decides as rank 0 does
+                    metrics, ev.majority = ranks.same((metrics, ev.majority))
                     problem_text = guard.accuracy_problem(metrics, ev.majority)
                     if problem_text is not None:
                         lengths[:] = good_lengths
@@ -355,7 +364,7 @@ class StageLoop:
             ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
         if pruner.masks:
             train_metrics.update(pruner.measures(params, st.objectives, 1.0, ev.evaluate))
-        metrics = {**train_metrics, **ev.evaluate(params)}
+        metrics = self.comp.ranks.same({**train_metrics, **ev.evaluate(params)})
         point = rec.save(branch, si, cfg, cfg.steps, params, tag="end")
         carry_rel = rec.save(branch, si, cfg, cfg.steps, carry, tag="carry") if carry else None
         # the module's buffers (BatchNorm statistics) as they are at this point, for load_into
@@ -387,3 +396,15 @@ class StageLoop:
         self.notify(record)
         self.progress.line(f"{self.progress.label(branch, cfg.name)} done. " + short(metrics))
         return params
+
+
+def _not_averaged(integrator: Any, cfg: Any) -> None:
+    """Under data parallelism a step must see the global batch's gradient."""
+    if getattr(integrator, "data_parallel", False):
+        return
+    raise TraversalError(
+        f"stage {cfg.name}: integrator {cfg.integrator.kind} computed its step without "
+        "fipframe.core.integrator.riemannian_gradient, so under data parallelism each process "
+        "would follow its own share of the batch; run it in one process, or average the "
+        "gradient with StepProblem.average and set data_parallel = True on the class"
+    )

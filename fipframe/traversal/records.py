@@ -70,11 +70,17 @@ class Commit:
 
 
 class Records:
-    """The run's records, checkpoints and points (in ``dir``, or in memory when it is None)."""
+    """The run's records, checkpoints and points (in ``dir``, or in memory when it is None).
 
-    def __init__(self, config: Any, dir: RunDir | None, device: torch.device):
+    ``write=False`` (a data-parallel process other than rank 0): ``dir`` is read (a resume's
+    checkpoint and points, which rank 0 writes) but never written; records are kept in memory
+    and saved points get the names rank 0 gives them.
+    """
+
+    def __init__(self, config: Any, dir: RunDir | None, device: torch.device, write: bool = True):
         self.config = config
         self.dir = dir
+        self.write = write
         self.device = device
         self.items: list[dict[str, Any]] = []
         #: (branch, stage) -> (end point, module buffers) of the stages finished in this process
@@ -100,7 +106,8 @@ class Records:
         """Continue from a checkpoint read by :meth:`read_restart` (checked by then): drop the
         records it does not cover, restore its RNG, continue the numbering."""
         assert self.dir is not None
-        self.dir.truncate_records(meta["seq"])
+        if self.write:
+            self.dir.truncate_records(meta["seq"])
         params, state, meta = self.dir.restore_checkpoint(tensors, meta, self.device)
         self.seq = meta["seq"] + 1
         return Restart(params, state, meta)
@@ -157,7 +164,7 @@ class Records:
         record.update({k: v for k, v in files.items() if v is not None})
         self.seq += 1
         self.items.append(record)
-        if self.dir is not None:
+        if self.dir is not None and self.write:
             self.dir.append_record(record)
         return record
 
@@ -169,7 +176,7 @@ class Records:
 
     def commit(self, params: Params, c: Commit) -> None:
         """Atomically replace the checkpoint; it covers every record emitted so far."""
-        if self.dir is None:
+        if self.dir is None or not self.write:
             return
         meta = {
             **self.stamp,
@@ -194,6 +201,8 @@ class Records:
         if self.dir is None:
             return None
         name = f"{branch}-{si:02d}-{cfg.name}-{tag or f'{step:07d}'}"
+        if not self.write:
+            return self.dir.point_name(name)
         meta = {"branch": branch, "stage": cfg.name, "stage_index": si, "step": step}
         return self.dir.save_point(name, tensors, meta)
 

@@ -20,6 +20,7 @@ from fipframe.data import inputs as I
 from fipframe.data.memory import Memory
 from fipframe.errors import TraversalError
 from fipframe.traversal.build import Components, Stage
+from fipframe.traversal.ranks import averaged_metric
 
 
 def make_problem(
@@ -63,16 +64,18 @@ def make_problem(
             inputs.append(b.inputs)
     mem_x: I.Inputs | None = None
     mem_ref = None
+    stored = 0  # stored inputs of the step, every process's together
     if st.stored is not None:
         idx = st.stored.indices(step)
         mem_x, mem_ref = I.take(memory.inputs, idx), st.anchor_ref[idx]  # type: ignore[arg-type,index]
+        stored = st.stored.batch_size
     weights = [o.weight(progress) for o in st.objectives]
     wants_div = mem_x is not None and st.integrator.uses_divergence
     fuse = st.fused and wants_div
     parts_in = inputs + ([mem_x] if fuse else [])  # type: ignore[list-item]
     _check_concatenable(parts_in, st)
     sizes = [I.length(x) for x in parts_in]
-    adapter, metric = comp.adapter, st.metric
+    adapter, metric, ranks = comp.adapter, st.metric, comp.ranks
 
     def whole(p: Params) -> Params:
         return p if held is None else {**held, **p}
@@ -101,7 +104,7 @@ def make_problem(
                 mem_logits = adapter.forward(p, mem_x)
                 adapter.train(True)
             divergence = metric.divergence(mem_logits, mem_ref).mean()
-        return Terms(total, divergence, parts, I.length(mem_x) if wants_div else 0)  # type: ignore[arg-type]
+        return Terms(total, divergence, parts, stored if wants_div else 0)  # type: ignore[arg-type]
 
     def stored_forward(p: Params) -> Tensor:
         """Outputs on this step's stored inputs, in eval mode like the anchor's."""
@@ -115,10 +118,11 @@ def make_problem(
     return StepProblem(
         evaluate,
         comp.manifold,
-        metric,
+        averaged_metric(metric, ranks),
         progress,
         stored_forward if mem_x is not None else None,
         sink.append if sink is not None else None,
+        ranks.mean if ranks.parallel else None,
     )
 
 

