@@ -119,14 +119,24 @@ def _launch(args: argparse.Namespace) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
+    # torchrun gives each process one thread unless told; on CPU share the cores out instead
+    threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     line = ["--standalone", f"--nproc-per-node={n}", "-m", "fipframe", *rest]
-    print(f"launching {n} processes: torchrun {' '.join(line)}", file=sys.stderr)
+    print(
+        f"launching {n} processes ({threads} threads each): torchrun {' '.join(line)}",
+        file=sys.stderr,
+    )
     try:
         torchrun(parse_args(line))
+    except (KeyboardInterrupt, SignalException):  # the processes heard it too and saved
+        print("\ninterrupted; the last committed chunk is saved (resume with --resume DIR "
+              f"--nproc {n})", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     except ChildFailedError as exc:  # the processes printed their errors; summarise once
         failed = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
         said = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in failed)

@@ -103,6 +103,12 @@ class RunSettings(_Frozen):
         description="auto picks cuda when available",
     )
     dtype: Literal["float32", "float64"] = "float32"
+    autocast: Literal["off", "bf16"] = Field(
+        "off",
+        description="bf16: each step's training forward (objectives and the penalty's "
+        "divergence) under torch.autocast in bfloat16; metric products, solves, evaluation and "
+        "anchor outputs stay in run.dtype (float32 only)",
+    )
     chunk: int = Field(
         50, ge=1, le=MAX_STEPS, description="steps between evaluations, events and checkpoints"
     )
@@ -181,7 +187,16 @@ class RunSettings(_Frozen):
             )
         return self
 
-    @field_validator("progress", mode="before")
+    @model_validator(mode="after")
+    def _autocast_from_float32(self) -> RunSettings:
+        if self.autocast != "off" and self.dtype != "float32":
+            raise ValueError(
+                f"autocast: {self.autocast} casts float32 operations; run.dtype is {self.dtype}. "
+                "Use dtype float32, or autocast off"
+            )
+        return self
+
+    @field_validator("progress", "autocast", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         """YAML reads a bare `off` as false and `on` as true."""

@@ -103,6 +103,7 @@ def build_components(
     model: Any = None,
     data: Any = None,
     reopen: bool = False,
+    ranks: Ranks | None = None,
 ) -> Components:
     """Tasks, adapter, manifold and evaluator for ``config``, on its device and dtype.
 
@@ -111,10 +112,12 @@ def build_components(
     per-task Datasets (see :func:`fipframe.data.user.task_sequence`) instead of ``data:``.
     ``reopen``: for a finished run's directory (export), whose points hold every weight: the
     start point (``run.init``) and the objectives' targets are not read again.
+    ``ranks``: the data-parallel processes of a traversal (:class:`Traversal` passes them);
+    without, the components are this process's alone, whatever torchrun set.
     """
     rs = config.run
     device = resolve_device(rs.device)
-    ranks = Ranks.from_env(device)
+    ranks = ranks or Ranks()
     device = ranks.device(device)
     dtype = getattr(torch, rs.dtype)
     torch.manual_seed(rs.seed)
@@ -124,7 +127,15 @@ def build_components(
                 "data: no data kind in the config and no data= given; set data.kind (see "
                 "`fipframe plugins`) or pass data= to fipframe.build/run"
             )
-        tasks = registry.build("dataset", config.data, seed=rs.seed)
+
+        def build() -> Any:
+            return registry.build("dataset", config.data, seed=rs.seed)
+
+        if ranks.parallel:  # rank 0 first, so that a download happens once
+            first = ranks.on_main(build)
+            tasks = first if ranks.main else build()
+        else:
+            tasks = build()
         from fipframe.data.user import check
 
         check(tasks)  # a dataset plugin's tasks pass the same checks as data from Python
@@ -176,8 +187,6 @@ def build_components(
                 )
     stale = rs.init is not None and not reopen and not start(adapter, rs.init)
     adapter.to(device, dtype)
-    # every process starts from rank 0's weights, whatever the module's initialisation did
-    ranks.share([t.data for t in adapter.model.parameters()] + list(adapter.model.buffers()))
     check_output(adapter, tasks)
     for where, stages in config.all_stages():
         for i, s in enumerate(stages):

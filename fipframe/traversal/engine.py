@@ -29,6 +29,7 @@ from fipframe.traversal.build import Components, build_components, resolve_devic
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.plan import Walk
 from fipframe.traversal.progress import Progress
+from fipframe.traversal.ranks import Ranks
 from fipframe.traversal.records import TRUNK, Position, Records
 
 __all__ = ["TRUNK", "Position", "Traversal", "resolve_device"]
@@ -59,9 +60,17 @@ class Traversal:
         self.config = config
         self.pm = pm
         self.registry = registry
+        ranks = Ranks.from_env(resolve_device(config.run.device))
+        # before any other collective: processes with other configs would exchange tensors
+        # of other shapes, which aborts them without a word
+        ranks.agree("the run's config", integrity.digest(config))
+        ranks.check_shares(config)
         self.components: Components = build_components(
-            config, pm=pm, registry=registry, model=model, data=data
+            config, pm=pm, registry=registry, model=model, data=data, ranks=ranks
         )
+        # every process starts from rank 0's weights, whatever the module's initialisation did
+        module = self.components.adapter.model
+        ranks.share([t.data for t in module.parameters()] + list(module.buffers()))
         self.dir = RunDir(out) if out is not None else None
         self.position = Position()
         self.loggers: list[Any] = []
@@ -116,7 +125,6 @@ class Traversal:
         if resume and self.dir is None:
             raise TraversalError("resume needs the run directory (out=...) to resume from")
         ranks = self.components.ranks
-        ranks.agree("the run's config", integrity.digest(self.config))
         ranks.agree("resuming", bool(resume))
         if self.dir is None:
             return self._run(None, resume=False, force=force, overrides=overrides)
@@ -149,12 +157,17 @@ class Traversal:
             ranks.agree("the checkpoint to resume from", (meta["seq"], meta.get("run_id")))
             origin.restore_fixed(rd.root, self.components)
             restart = records.restart(tensors, meta)
+            if ranks.parallel and self.device.type == "cuda" and "rng/cuda0" in tensors:
+                # every process draws the same random stream: rank 0's own device's state is
+                # where this process's device would be (the others in the file are idle GPUs)
+                torch.cuda.set_rng_state(tensors["rng/cuda0"].cpu(), self.device)
             rid = integrity.run_id(rd) or meta.get("run_id")
             world = int(meta.get("world", 1))
             if world != ranks.world:
                 progress.line(
-                    f"note: resumed by {ranks.world} process(es); the run had {world}. The path "
-                    "is the same: every process shares one global batch"
+                    f"note: resumed by {ranks.world} process(es); the run had {world}. The "
+                    "processes share one global batch, so the path is the same unless the "
+                    "model draws random numbers (dropout)"
                 )
         elif rd is not None:
             rid = ranks.same(ranks.on_main(lambda: self._start_dir(rd)))
@@ -180,8 +193,9 @@ class Traversal:
         )
         result.points = dict(records.ends)
         result.fixed = self._fixed()
-        if rd is not None and ranks.main:
-            result.save()
+        if rd is not None:
+            # also the others' barrier: none returns before rank 0 has written the end
+            ranks.on_main(result.save)
         self._hook("fipframe_traversal_end", run=self, result=result)
         return result
 

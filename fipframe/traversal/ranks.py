@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from fipframe.errors import FipframeError, TraversalError
+from fipframe.errors import ConfigError, FipframeError, TraversalError
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class Ranks:
 
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
-            seconds = float(os.environ.get(TIMEOUT_ENV, "300"))
+            seconds = float(os.environ.get(TIMEOUT_ENV, "1800"))
             backend = "nccl" if device.type == "cuda" else "gloo"
             kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=seconds)}
             if device.type == "cuda":
@@ -79,10 +79,32 @@ class Ranks:
 
     def device(self, device: torch.device) -> torch.device:
         """This process's device: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
-        if self.parallel and device.type == "cuda" and device.index is None:
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return device
+        if not self.parallel or device.type != "cuda":
+            return device
+        if device.index is not None:
+            raise ConfigError(
+                f"run.device: {device} names one GPU, but {self.world} processes need one each; "
+                "use cuda or auto (each process takes cuda:LOCAL_RANK)"
+            )
+        torch.cuda.set_device(self.local_rank)
+        return torch.device("cuda", self.local_rank)
+
+    def check_shares(self, config: Any) -> None:
+        """Refuse, before anything runs, batch sizes the processes cannot share equally."""
+        if not self.parallel:
+            return
+        problems = []
+        for where, stages in config.all_stages():
+            for i, s in enumerate(stages):
+                for field in ("batch_size", "memory_batch"):
+                    value = getattr(s, field, None)
+                    if value is not None and value % self.world:
+                        problems.append(
+                            f"{where}[{i}].{field}: {value} rows cannot be shared equally by "
+                            f"{self.world} processes; make it a multiple of {self.world}"
+                        )
+        if problems:
+            raise ConfigError(problems)
 
     # -- collectives -----------------------------------------------------------------------------
     @contextmanager
@@ -95,9 +117,10 @@ class Ranks:
             _leave()  # a group left alive aborts the process at exit
             raise TraversalError(
                 f"rank {self.rank} of {self.world}: lost the other processes while {what} "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the run "
-                "directory holds the last committed chunk: resume it with the same launch "
-                "command and --resume"
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): one of them "
+                "stopped (its error is printed above) or stopped answering. The run directory "
+                "holds the last committed chunk: continue with `fipframe run --resume DIR "
+                "--nproc N` (or torchrun ... -m fipframe run --resume DIR)"
             ) from None
 
     def mean(self, tensors: list[Tensor]) -> list[Tensor]:

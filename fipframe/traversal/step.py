@@ -4,7 +4,10 @@ Every objective's batch and the stored inputs of the divergence go through the n
 one concatenated forward (key by key for named inputs), so a FIP step costs what a replay
 step with the same total batch costs. Objectives whose batches share a ``key`` share one slice
 of that forward. Models whose output depends on train/eval mode give the stored inputs their
-own eval-mode forward instead: the anchor outputs were computed in eval mode.
+own eval-mode forward instead: the anchor outputs were computed in eval mode. With
+``run.autocast: bf16`` this training forward runs under ``torch.autocast`` (bfloat16) and its
+outputs return to the run's dtype before any loss; the metric's own forward
+(``stored_forward``, the products and solves of geometric steps) never does.
 """
 
 from __future__ import annotations
@@ -80,12 +83,22 @@ def make_problem(
     def whole(p: Params) -> Params:
         return p if held is None else {**held, **p}
 
+    cast = comp.config.run.autocast == "bf16"
+
+    def forward(p: Params, x: I.Inputs) -> Tensor:
+        """The training forward: under bf16 autocast if asked, outputs in the run's dtype."""
+        if not cast:
+            return adapter.forward(p, x)
+        with torch.autocast(comp.device.type, dtype=torch.bfloat16):
+            out = adapter.forward(p, x)
+        return out.to(comp.dtype)
+
     def evaluate(p: Params) -> Terms:
         p = whole(p)
         logits: list[Tensor | None] = []
         if sizes:
             everything = I.cat(parts_in)
-            logits = list(torch.split(adapter.forward(p, everything), sizes))
+            logits = list(torch.split(forward(p, everything), sizes))
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for obj, batch, w, k in zip(st.objectives, batches, weights, slot, strict=True):
@@ -101,13 +114,14 @@ def make_problem(
                 mem_logits = logits[-1]
             else:
                 adapter.train(False)
-                mem_logits = adapter.forward(p, mem_x)
+                mem_logits = forward(p, mem_x)  # type: ignore[arg-type]
                 adapter.train(True)
             divergence = metric.divergence(mem_logits, mem_ref).mean()
         return Terms(total, divergence, parts, stored if wants_div else 0)  # type: ignore[arg-type]
 
     def stored_forward(p: Params) -> Tensor:
-        """Outputs on this step's stored inputs, in eval mode like the anchor's."""
+        """Outputs on this step's stored inputs, in eval mode like the anchor's (and in the
+        run's dtype: metric products and solves never run under autocast)."""
         was = adapter.model.training
         adapter.train(False)
         try:
