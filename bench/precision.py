@@ -109,3 +109,7 @@ def main() -> None:
             cos = float(a @ b / (a.norm() * b.norm()))
             print(f"{label:<22}{name:<16}{m * 1e3:>9.2f}{m / base:>10.2f}{first[name]:>9.2f}"
                   f"{dist:>17.2e}{cos:>9.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,12 @@ class RunSettings(_Frozen):
         "divergence) under torch.autocast in bfloat16; metric products, solves, evaluation and "
         "anchor outputs stay in run.dtype (float32 only)",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile each step's training forward (the first step of a stage "
+        "pays the compilation, tens of seconds on a CPU); metric products and evaluation stay "
+        "eager",
+    )
     chunk: int = Field(
         50, ge=1, le=MAX_STEPS, description="steps between evaluations, events and checkpoints"
     )

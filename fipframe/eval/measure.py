@@ -26,12 +26,18 @@ class Evaluator:
         tasks: the task sequence (val and test splits are evaluated).
         settings: the run's ``RunSettings`` (``eval_batch_size``, ``measure_inputs``,
             ``bn_batches``, ``seed``).
+        ranks: data-parallel processes (:mod:`fipframe.traversal.ranks`): each evaluates its
+            share of every resident split and the counts are summed, so every process must
+            call :meth:`evaluate` together. None: this process alone.
     """
 
-    def __init__(self, adapter: Any, tasks: TaskSequence, settings: Any):
+    def __init__(self, adapter: Any, tasks: TaskSequence, settings: Any, ranks: Any = None):
+        from fipframe.traversal.ranks import Ranks
+
         self.adapter = adapter
         self.tasks = tasks
         self.settings = settings
+        self.ranks = ranks or Ranks()
         self._class_table = tasks.class_table()
         self.batchnorm = [
             m
@@ -85,24 +91,47 @@ class Evaluator:
         Also sets ``majority``: the fraction of val inputs (pooled over tasks) given the most
         common prediction, 1.0 for a network that answers one class to everything (read by the
         divergence guard; computed in the same sync)."""
-        names, values = [], []
+        names, correct, sizes = [], [], []
         table = self._class_table
-        preds: dict[str, list[Tensor]] = {"val": [], "test": []}
-        for split in ("val", "test"):
-            for i, task in enumerate(self.tasks.tasks):
-                data = getattr(task, split)
-                if len(data) == 0:
-                    continue
-                logits = self.split_logits(params, data)
-                pred = self.tasks.restrict(logits, i, table).argmax(-1)
-                names.append(f"acc/{split}/task_{i}")
-                values.append((pred == data.y).float().mean())
-                preds[split].append(pred)
-        pooled = torch.cat(preds["val"] or preds["test"]) if values else None
-        if pooled is not None:
-            values.append(torch.bincount(pooled).max().float() / pooled.numel())
-        numbers = torch.stack(values).tolist() if values else []
-        self.majority = numbers.pop() if pooled is not None else None
+        ranks = self.ranks
+        splits = [(split, i, getattr(t, split)) for split in ("val", "test")
+                  for i, t in enumerate(self.tasks.tasks)]  # fmt: skip
+        splits = [(split, i, data) for split, i, data in splits if len(data)]
+        # shared out: each process counts its rows of every split (resident splits only: a
+        # streamed one is read whole by every process), the counts are summed exactly
+        shared = ranks.parallel and not any(getattr(d, "streamed", False) for *_, d in splits)
+        votes: Tensor | None = None  # predictions per class, pooled over the val splits
+        for split, i, data in splits:
+            n = len(data)
+            lo, hi = (n * ranks.rank // ranks.world, n * (ranks.rank + 1) // ranks.world) if (
+                shared) else (0, n)  # fmt: skip
+            names.append(f"acc/{split}/task_{i}")
+            sizes.append(n)
+            if hi == lo:
+                correct.append(torch.zeros((), device=data.y.device))
+                continue
+            part = data if (lo, hi) == (0, n) else _rows(data, lo, hi)
+            logits = self.split_logits(params, part)
+            pred = self.tasks.restrict(logits, i, table).argmax(-1)
+            correct.append((pred == part.y).float().sum())
+            if split == "val" or not any(s == "val" for s, *_ in splits):
+                count = torch.bincount(pred, minlength=logits.shape[-1]).float()
+                votes = count if votes is None else votes + count
+        if votes is None and splits:
+            classes = self.tasks.num_classes
+            votes = torch.zeros(classes, device=splits[0][2].y.device)
+        numbers: list[float] = []
+        if names:
+            assert votes is not None
+            counts = torch.cat([torch.stack(correct), votes])
+            if shared:
+                counts = ranks.total(counts)
+            acc = counts[: len(names)] / torch.tensor(
+                sizes, dtype=counts.dtype, device=counts.device
+            )
+            seen = counts[len(names) :]
+            numbers = torch.cat([acc, (seen.max() / seen.sum().clamp_min(1)).reshape(1)]).tolist()
+        self.majority = numbers.pop() if names else None
         out = dict(zip(names, numbers, strict=True))
         n = len(self.tasks.tasks)
         for split in ("val", "test"):
@@ -192,3 +221,10 @@ class Evaluator:
         with torch.no_grad():
             for n, b in buffers.items():
                 own[n].copy_(b)
+
+
+def _rows(split: Any, lo: int, hi: int) -> Any:
+    """Rows ``lo:hi`` of a resident split (its inputs and labels)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(x=I.narrow(split.x, lo, hi), y=split.y[lo:hi], streamed=False)

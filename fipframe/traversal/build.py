@@ -61,6 +61,9 @@ class Components:
     data_source: str = "config"
     #: the processes walking this path together (one: ``Ranks()``)
     ranks: Ranks = field(default_factory=Ranks)
+    #: ``(params, inputs) -> outputs`` of each step's training forward: the adapter's own, or
+    #: its torch.compile'd form (``run.compile``)
+    train_forward: Any = None
 
 
 @dataclass
@@ -198,7 +201,7 @@ def build_components(
     manifold = registry.build("manifold", config.manifold)
     manifold.bind(list(adapter.names))
     mode_dependent = any(_mode_dependent(m) for m in adapter.model.modules())
-    evaluator = Evaluator(adapter, tasks, rs)
+    evaluator = Evaluator(adapter, tasks, rs, ranks)
     if stale:  # a start point without BatchNorm statistics: recomputed before they are used
         evaluator.mark_stale()
     return Components(
@@ -215,7 +218,27 @@ def build_components(
         "config" if model is None else "python",
         "config" if data is None else "python",
         ranks,
+        compiled(adapter) if rs.compile else adapter.forward,
     )
+
+
+def compiled(adapter: Any) -> Any:
+    """``adapter.forward`` through torch.compile; a failure to compile says what to do."""
+    fast = torch.compile(adapter.forward)
+
+    def forward(params: Params, x: Any) -> Tensor:
+        try:
+            return fast(params, x)
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise TraversalError(
+                f"run.compile: torch.compile failed on {type(adapter.model).__name__} "
+                f"({type(exc).__name__}: {first[:300]}); set run.compile: false"
+            ) from exc
+
+    return forward
 
 
 def start(adapter: Any, ref: str) -> bool:

@@ -108,7 +108,10 @@ class Traversal:
         return self.components.ranks.world
 
     def evaluate(self, params: Any) -> dict[str, float]:
-        """Accuracy of ``params`` on every task's val and test split, and their averages."""
+        """Accuracy of ``params`` on every task's val and test split, and their averages.
+
+        Under data parallelism the splits are shared out among the processes: call it on every
+        process, or on none."""
         return self.components.evaluator.evaluate(params)
 
     # -- running ----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from fipframe.traversal.artifact import CHANGES, RUN, RunDir
 GLOBAL = ("name", "model", "data", "manifold", "memory", "run.seed", "run.dtype", "run.init")
 #: config fields that change how a run is watched or read, not its results: a run continued
 #: with other values of these is the same run (``--seeds``, sweeps, comparisons)
-NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size")
+NOT_RESULTS = ("run.progress", "loggers", "run.loader", "run.eval_batch_size", "run.compile")
 
 
 def watch_only(path: str) -> bool:

@@ -96,7 +96,8 @@ class Ranks:
         problems = []
         for where, stages in config.all_stages():
             for i, s in enumerate(stages):
-                for field in ("batch_size", "memory_batch"):
+                stored = ("memory_batch",) if config.memory.size else ()  # no memory, no rows
+                for field in ("batch_size", *stored):
                     value = getattr(s, field, None)
                     if value is not None and value % self.world:
                         problems.append(
@@ -135,6 +136,17 @@ class Ranks:
         flat = flat / self.world
         parts = flat.split([t.numel() for t in tensors])
         return [p.reshape(t.shape).to(t.dtype) for p, t in zip(parts, tensors, strict=True)]
+
+    def total(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the processes."""
+        if not self.parallel:
+            return tensor
+        import torch.distributed as dist
+
+        out = tensor.clone()
+        with self._talking("summing counts"):
+            dist.all_reduce(out)
+        return out
 
     def share(self, tensors: list[Tensor]) -> None:
         """Overwrite each tensor (in place) with rank 0's."""

@@ -84,13 +84,14 @@ def make_problem(
         return p if held is None else {**held, **p}
 
     cast = comp.config.run.autocast == "bf16"
+    train_forward = comp.train_forward or adapter.forward  # compiled with run.compile
 
     def forward(p: Params, x: I.Inputs) -> Tensor:
         """The training forward: under bf16 autocast if asked, outputs in the run's dtype."""
         if not cast:
-            return adapter.forward(p, x)
+            return train_forward(p, x)
         with torch.autocast(comp.device.type, dtype=torch.bfloat16):
-            out = adapter.forward(p, x)
+            out = train_forward(p, x)
         return out.to(comp.dtype)
 
     def evaluate(p: Params) -> Terms:

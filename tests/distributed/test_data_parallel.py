@@ -136,6 +136,9 @@ def test_two_processes_walk_the_path_of_one(setting):
         assert (got["branch"], got["step"]) == (exp["branch"], exp["step"])
         # the chunk statistics are the global batch's, averaged over the shares (float32 sums)
         assert got["metrics"]["loss/total"] == pytest.approx(exp["metrics"]["loss/total"], rel=1e-5)
+        # each process evaluated its share of every split; the summed counts are exact
+        accs = [k for k in exp["metrics"] if k.startswith("acc/")]
+        assert accs and all(got["metrics"][k] == exp["metrics"][k] for k in accs)
 
 
 def test_a_process_dying_stops_the_other_and_the_run_resumes(setting):

@@ -35,10 +35,12 @@ STAGES = {
 }
 
 
+@pytest.mark.parametrize("autocast", ["off", "bf16"])
 @pytest.mark.parametrize("rule", list(STAGES))
-def test_the_steps_of_a_chunk_make_no_host_sync(rule, tiny):
+def test_the_steps_of_a_chunk_make_no_host_sync(rule, autocast, tiny):
     cfg = copy.deepcopy(tiny)
     cfg["run"]["device"] = "cuda"
+    cfg["run"]["autocast"] = autocast
     cfg["branches"] = {rule: [{"name": "s", "task": 1, "steps": 100, **STAGES[rule]}]}
     pm = make_plugin_manager(entry_points_enabled=False)
     config = load_config(cfg, pm=pm)

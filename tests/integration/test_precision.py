@@ -58,7 +58,20 @@ def test_bf16_forward_float32_products_and_evaluation(tiny):
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 0.05, (branch, got, want)
     assert result.accuracies("fip")[0] > result.accuracies("finetune")[0] + 0.2
 
+
 def test_autocast_needs_float32(tiny):
     tiny["run"].update(autocast="bf16", dtype="float64")
     with pytest.raises(ConfigError, match="autocast: bf16 casts float32 operations"):
         load_config(tiny)
+
+
+@pytest.mark.slow  # torch.compile compiles each stage's forward: about a minute on 2 cores
+def test_compiled_forward_walks_the_eager_path(tiny):
+    """``run.compile`` changes how the training forward runs, not where the path goes."""
+    tiny["run"]["dtype"] = "float64"  # rounding, not the method, is all that may differ
+    eager = run(load_config(tiny))
+    tiny["run"]["compile"] = True
+    fast = run(load_config(tiny))
+    for branch in ("finetune", "fip"):
+        a, b = eager.points[(branch, "second")][0], fast.points[(branch, "second")][0]
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-9, branch
