@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             result = run(config, out=out)
     except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return EXIT_INTERRUPTED  # rank 0 says what was saved
         return _interrupted(out)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 prints the results of a data-parallel run
@@ -107,25 +109,31 @@ def _launch(args: argparse.Namespace) -> int:
             "to run them side by side, or --nproc for each run"
         )
     if args.resume:  # the processes would each say so; say it once, before starting them
-        if not (Path(args.resume) / "config.yaml").is_file():
+        out = Path(args.resume)
+        if not (out / "config.yaml").is_file():
             raise ConfigError(f"{args.resume}: not a run directory (no config.yaml)")
     else:
-        _load(args)  # a bad config is reported once, before any process starts
+        config = _load(args)  # a bad config is reported once, before any process starts
+        out = Path(args.out) if args.out else Path("runs") / config.name
     rest, skip = [], False
-    for a in args.argv:
+    for a in args.argv:  # argparse also took unambiguous abbreviations (--npr 2)
+        flag = a.split("=", 1)[0]
         if skip:
             skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
+        elif len(flag) >= 4 and "--nproc".startswith(flag):
+            skip = "=" not in a
+        else:
             rest.append(a)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
+    from fipframe.traversal.artifact import CHECKPOINT
+
     # torchrun gives each process one thread unless told; on CPU share the cores out instead
-    threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // n)))
     line = ["--standalone", f"--nproc-per-node={n}", "-m", "fipframe", *rest]
     print(
         f"launching {n} processes ({threads} threads each): torchrun {' '.join(line)}",
@@ -133,18 +141,18 @@ def _launch(args: argparse.Namespace) -> int:
     )
     try:
         torchrun(parse_args(line))
-    except (KeyboardInterrupt, SignalException):  # the processes heard it too and saved
-        print("\ninterrupted; the last committed chunk is saved (resume with --resume DIR "
-              f"--nproc {n})", file=sys.stderr)  # fmt: skip
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, SignalException):  # the processes heard it too
+        return _interrupted(out)
     except ChildFailedError as exc:  # the processes printed their errors; summarise once
         failed = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
         said = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in failed)
-        print(
-            f"error: {len(failed)} of {n} processes stopped: {said}. Anything committed is in "
-            "the run directory: fix the cause and run again with --resume DIR",
-            file=sys.stderr,
+        saved = (
+            f"the last committed chunk is in {out}: fix the cause and continue with "
+            f"`fipframe run --resume {out} --nproc {n}`"
+            if (out / CHECKPOINT).exists()
+            else f"nothing was committed in {out}"
         )
+        print(f"error: {len(failed)} of {n} processes stopped: {said}; {saved}", file=sys.stderr)
         code = failed[0][1].exitcode
         return code if code > 0 else 1
     return 0

@@ -85,12 +85,17 @@ class Evaluator:
         finally:
             self.adapter.train(was)
 
-    def evaluate(self, params: Params) -> dict[str, float]:
+    def evaluate(self, params: Params, *, shared: bool = True) -> dict[str, float]:
         """Accuracy of ``params`` on every task's val and test split, and their averages.
 
         Also sets ``majority``: the fraction of val inputs (pooled over tasks) given the most
         common prediction, 1.0 for a network that answers one class to everything (read by the
-        divergence guard; computed in the same sync)."""
+        divergence guard; computed in the same sync). Accuracies are ratios of counts, rounded
+        once (float64), alike on every device.
+
+        ``shared`` (data parallelism only): each process counts its share of every resident
+        split and the counts are summed, so every process must call it together; with
+        ``shared=False`` this process evaluates everything alone."""
         names, correct, sizes = [], [], []
         table = self._class_table
         ranks = self.ranks
@@ -99,7 +104,9 @@ class Evaluator:
         splits = [(split, i, data) for split, i, data in splits if len(data)]
         # shared out: each process counts its rows of every split (resident splits only: a
         # streamed one is read whole by every process), the counts are summed exactly
-        shared = ranks.parallel and not any(getattr(d, "streamed", False) for *_, d in splits)
+        shared = (
+            shared and ranks.parallel and not any(getattr(d, "streamed", False) for *_, d in splits)
+        )
         votes: Tensor | None = None  # predictions per class, pooled over the val splits
         for split, i, data in splits:
             n = len(data)
@@ -108,7 +115,7 @@ class Evaluator:
             names.append(f"acc/{split}/task_{i}")
             sizes.append(n)
             if hi == lo:
-                correct.append(torch.zeros((), device=data.y.device))
+                correct.append(torch.zeros((), dtype=torch.float32, device=data.y.device))
                 continue
             part = data if (lo, hi) == (0, n) else _rows(data, lo, hi)
             logits = self.split_logits(params, part)
@@ -119,16 +126,16 @@ class Evaluator:
                 votes = count if votes is None else votes + count
         if votes is None and splits:
             classes = self.tasks.num_classes
-            votes = torch.zeros(classes, device=splits[0][2].y.device)
+            votes = torch.zeros(classes, dtype=torch.float32, device=splits[0][2].y.device)
         numbers: list[float] = []
         if names:
             assert votes is not None
             counts = torch.cat([torch.stack(correct), votes])
             if shared:
                 counts = ranks.total(counts)
-            acc = counts[: len(names)] / torch.tensor(
-                sizes, dtype=counts.dtype, device=counts.device
-            )
+            # whole numbers (exact in float32 up to 2^24 rows), divided once on the host
+            counts = counts.cpu().double()  # one sync (the host has float64 where mps has not)
+            acc = counts[: len(names)] / torch.tensor(sizes, dtype=torch.float64)
             seen = counts[len(names) :]
             numbers = torch.cat([acc, (seen.max() / seen.sum().clamp_min(1)).reshape(1)]).tolist()
         self.majority = numbers.pop() if names else None

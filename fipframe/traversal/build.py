@@ -122,6 +122,14 @@ def build_components(
     device = resolve_device(rs.device)
     ranks = ranks or Ranks()
     device = ranks.device(device)
+    if rs.autocast == "bf16":
+        if device.type == "mps":
+            raise ConfigError("run.autocast: bf16 is not supported on mps; use autocast off")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name(device)
+            raise ConfigError(
+                f"run.autocast: bf16 needs a GPU with bfloat16 ({name} has none); use autocast off"
+            )
     dtype = getattr(torch, rs.dtype)
     torch.manual_seed(rs.seed)
     if data is None:
@@ -232,10 +240,11 @@ def compiled(adapter: Any) -> Any:
         except Exception as exc:
             if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            said = " ".join(str(exc).split())[:400]
             raise TraversalError(
                 f"run.compile: torch.compile failed on {type(adapter.model).__name__} "
-                f"({type(exc).__name__}: {first[:300]}); set run.compile: false"
+                f"({type(exc).__name__}: {said}); set run.compile: false (the same forward "
+                "runs eagerly)"
             ) from exc
 
     return forward

@@ -110,9 +110,9 @@ class Traversal:
     def evaluate(self, params: Any) -> dict[str, float]:
         """Accuracy of ``params`` on every task's val and test split, and their averages.
 
-        Under data parallelism the splits are shared out among the processes: call it on every
-        process, or on none."""
-        return self.components.evaluator.evaluate(params)
+        Under data parallelism each process evaluates everything alone here (a hook may call
+        it on rank 0 only); the run's own evaluations share the splits out."""
+        return self.components.evaluator.evaluate(params, shared=False)
 
     # -- running ----------------------------------------------------------------------------------
     def run(

@@ -90,14 +90,21 @@ class Ranks:
         return torch.device("cuda", self.local_rank)
 
     def check_shares(self, config: Any) -> None:
-        """Refuse, before anything runs, batch sizes the processes cannot share equally."""
+        """Refuse, before anything runs, batch sizes the processes cannot share equally (the
+        task batch and the divergence's stored inputs; other batches, such as a replay batch
+        or a task smaller than its batch, are checked when their stage starts)."""
         if not self.parallel:
             return
         problems = []
         for where, stages in config.all_stages():
             for i, s in enumerate(stages):
-                stored = ("memory_batch",) if config.memory.size else ()  # no memory, no rows
-                for field in ("batch_size", *stored):
+                if not s.steps:
+                    continue  # a stage that takes no step draws no batch
+                # the task batch of a stage with a task; stored inputs for the divergence
+                fields = ("batch_size",) if s.task is not None else ()
+                if config.memory.size and s.metric is not None:
+                    fields += ("memory_batch",)
+                for field in fields:
                     value = getattr(s, field, None)
                     if value is not None and value % self.world:
                         problems.append(

@@ -141,13 +141,38 @@ def test_two_processes_walk_the_path_of_one(setting):
         assert accs and all(got["metrics"][k] == exp["metrics"][k] for k in accs)
 
 
+def _ranks(args: list[str], cwd: Path, world: int, **env: str) -> list[subprocess.Popen]:
+    """``world`` processes of ``python -m fipframe ARGS`` joined as torchrun would join them,
+    without its agent (which would stop the others itself when one dies)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    path = os.pathsep.join([str(cwd / "site"), *sys.path])
+    common = {**os.environ, **env, "PYTHONPATH": path, "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": port, "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "fipframe", *args],
+            cwd=cwd,
+            env={**common, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        for r in range(world)
+    ]
+
+
 def test_a_process_dying_stops_the_other_and_the_run_resumes(setting):
     tmp, ref = setting
     # rank 1 leaves at the end of replay's second chunk (trunk 40 + 20 steps)
-    died = _fipframe(["run", "c.yaml", "--out", "cut", "--nproc", "2"], tmp, FAULT_AT="60")
-    assert died.returncode != 0
-    assert "rank 1 (exit code 17)" in died.stderr, died.stderr[-3000:]
-    assert "rank 0 of 2: lost the other processes while" in died.stderr
+    procs = _ranks(["run", "c.yaml", "--out", "cut"], tmp, 2, FAULT_AT="60")
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 17], errs[0][-3000:]
+    assert "error: rank 0 of 2: lost the other processes while averaging a step" in errs[0]
+    assert "continue with `fipframe run --resume DIR --nproc N`" in errs[0]
     meta = json.loads((tmp / "cut" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (meta["branch"], meta["step"]) == ("replay", 20)  # committed before it left
     # resumed by one process: the same path (every process shares one global batch)
@@ -170,3 +195,4 @@ def test_a_step_that_does_not_average_is_refused(setting):
         "stage first: integrator own_sgd computed its step without "
         "fipframe.core.integrator.riemannian_gradient" in done.stderr
     )
+    assert "processes stopped: rank " in done.stderr and "(exit code 1)" in done.stderr
