@@ -223,3 +223,15 @@ def test_the_example_script_under_torchrun_walks_the_one_process_path(tmp_path):
     for branch, accs in want.items():  # float32: Adam turns the other summation order into
         for task, acc in accs.items():  # visible but small differences (docs/benchmarks.md)
             assert abs(got[branch][task] - acc) < 0.01, (branch, task)
+
+
+@pytest.mark.distributed
+def test_a_cut_resumes_with_two_processes(setting):
+    """The processes other than rank 0 read the cut run's checkpoint and points themselves."""
+    tmp, ref = setting
+    procs = _ranks(["run", "c.yaml", "--out", "cut2"], tmp, 2, FAULT_AT="60")
+    assert [p.communicate(timeout=300) and p.returncode for p in procs] == [1, 17]
+    again = _fipframe(["run", "--resume", "cut2", "--nproc", "2"], tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("run directory:") == 1
+    _compare(tmp / "cut2", ref)
