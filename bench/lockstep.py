@@ -23,6 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from interleave import interleaved
 from torch.func import functional_call, stack_module_state, vmap
 
 from fipframe.api import load_config
@@ -56,7 +57,6 @@ def loss_of(logits: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, n: int) ->
 
 def one(label: str, base: torch.nn.Module, k: int, reps: int, dev: torch.device) -> tuple:
     """ms per path-step of K separate steps and of the K paths stacked."""
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(k)
     nets = [copy.deepcopy(base) for _ in range(k)]
     for i, net in enumerate(nets):  # K different points
@@ -104,17 +104,7 @@ def one(label: str, base: torch.nn.Module, k: int, reps: int, dev: torch.device)
         for i in range(k) for j, n in enumerate(names)
     )  # fmt: skip
     assert gap < 1e-3, f"{label} K={k}: stacked gradients differ ({gap:.1e})"
-    times: dict[str, list[float]] = {"separate": [], "together": []}
-    for _ in range(2):  # warm-up
-        separate()
-        together()
-    for _ in range(reps):  # interleaved
-        for name, fn in (("separate", separate), ("together", together)):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved({"separate": separate, "together": together}, dev, 2, reps)
     a = statistics.median(times["separate"]) / k * 1e3
     b = statistics.median(times["together"]) / k * 1e3
     return a, b

@@ -214,7 +214,8 @@ def fipframe_chunk_end(run: Traversal, step: int, metrics: dict[str, float]) -> 
     ``loss/total``) plus ``branch``/``stage`` labels in ``run.position``. Raising
     ``KeyboardInterrupt`` here stops the run just as Ctrl-C would; the last chunk is saved.
     Under data parallelism (torchrun) every process calls it with the same metrics;
-    ``run.rank`` says which process this is (log or write files on rank 0 only).
+    ``run.rank`` says which process this is (log or write files on rank 0 only; ``run.evaluate``
+    evaluates in the calling process alone, so it is safe there).
 
     Example::
 
