@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +160,70 @@ def resume(
     ``changes.jsonl``); ``force`` accepts a config.yaml edited by hand, or changes to what
     already ran, recording them as forced.
     """
+    overrides = list(overrides)
+    traversal = resumable(run_dir, model=model, data=data, overrides=overrides, pm=pm)
+    return traversal.run(resume=True, force=force, overrides=overrides)
+
+
+def resumable(
+    run_dir: str | Path,
+    *,
+    model: Any = None,
+    data: Any = None,
+    overrides: Iterable[str] = (),
+    pm: plugins.FipPluginManager | None = None,
+) -> Traversal:
+    """The traversal that continues ``run_dir`` (its config.yaml with ``overrides``); pass
+    the same ``overrides`` to its ``run`` or ``walk`` with ``resume=True``."""
     from fipframe.traversal import origin
 
     root = Path(run_dir)
     if not (root / "config.yaml").is_file():
         raise ConfigError(f"{root}: not a run directory (no config.yaml)")
     origin.require(root, origin.read(root), model, data, "resume")
-    overrides = list(overrides)
-    config = load_config(root / "config.yaml", overrides=overrides, pm=pm)
-    return run(
-        config, out=root, resume=True, model=model, data=data, force=force, overrides=overrides
-    )
+    config = load_config(root / "config.yaml", overrides=list(overrides), pm=pm)
+    return build(config, out=root, model=model, data=data)
+
+
+def run_lockstep(
+    configs: Sequence[RunBase | str | Path | Mapping[str, Any]],
+    *,
+    outs: Sequence[str | Path | None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> list[RunResult]:
+    """Run several configs in this process as lockstep paths: the steps of runs with the same
+    model config and batch shapes are stacked (``torch.func.vmap`` over a path axis) into one
+    forward and backward. Each run is the one ``run(config, out=out)`` walks, to float
+    tolerance, with its own run directory. Steps that cannot be stacked are computed alone
+    and ``say`` (default: standard error) tells why, once per stage.
+
+    A run directory that holds the run of its config already is continued from its
+    checkpoint (or read back if it finished), so the same call continues after an
+    interruption. When runs fail, the others still finish; then the first failure is raised.
+    """
+    from fipframe.sweep import open_run
+    from fipframe.traversal import lockstep
+
+    outs = list(outs) if outs is not None else [None] * len(configs)
+    if len(outs) != len(configs):
+        raise ConfigError(f"outs: {len(outs)} run directories for {len(configs)} configs")
+    kwargs = {} if say is None else {"say": say}
+    done: dict[int, RunResult] = {}
+    walks, which = [], []
+    for i, (c, o) in enumerate(zip(configs, outs, strict=True)):
+        notes = lockstep.Notes(label=str(o or f"run {i}"), **kwargs)
+        if o is None:
+            walks.append(build(c).walk(notes=notes))
+        else:
+            _, walk = open_run(Path(o), c if isinstance(c, RunBase) else load_config(c))
+            if walk is None:
+                done[i] = RunResult.load(o)
+                continue
+            walks.append(walk(notes))
+        which.append(i)
+    outcomes = lockstep.run_together(walks, **kwargs)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise outcome.error
+    done.update({i: o.value for i, o in zip(which, outcomes, strict=True)})
+    return [done[i] for i in range(len(configs))]

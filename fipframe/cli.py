@@ -219,6 +219,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         threads = max(1, (os.cpu_count() or 1) // args.workers) if args.backend == "local" else 1
     how = (
         f"{args.workers} workers x {threads} threads"
+        + (f", {args.lockstep} lockstep runs per worker" if args.lockstep > 1 else "")
         if args.backend == "local"
         else f"{threads} thread(s) and {args.gpus_per_run:g} GPU(s) per Ray task"
     )
@@ -231,7 +232,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         outcomes = S.execute(
             todo, backend=args.backend, workers=args.workers, threads=threads,
-            gpus=args.gpus_per_run, ray_address=args.ray_address,
+            gpus=args.gpus_per_run, ray_address=args.ray_address, lockstep=args.lockstep,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue the sweep", file=sys.stderr)
@@ -528,6 +529,14 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
         default=0.0,
         help="Ray: GPUs each run asks for (Ray then gives each its own); the local backend "
         "puts every run on the config's run.device",
+    )
+    p.add_argument(
+        "--lockstep",
+        type=int,
+        default=1,
+        metavar="K",
+        help="each worker walks K consecutive runs (the seeds of a cell) as lockstep paths: "
+        "their steps stacked with vmap into one forward and backward (pays on a GPU)",
     )
     p.set_defaults(func=cmd_sweep)
     p = command("validate", "validate a config against the installed plugins")

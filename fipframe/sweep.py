@@ -197,7 +197,19 @@ def continue_run(out: Path, config: Any) -> str:
     ``done before``. A directory that holds a run of another config is refused, naming what
     differs (fields that only change how a run is watched are taken from ``config``); one
     stopped before its first checkpoint is started again."""
-    from fipframe.api import load_config, resume, run
+    from fipframe.traversal.lockstep import alone
+
+    status, walk = open_run(out, config)
+    if walk is not None:
+        alone(walk(None))
+    return status
+
+
+def open_run(out: Path, config: Any) -> tuple[str, Callable[[Any], Any] | None]:
+    """What :func:`continue_run` does, built but not walked: the status and, unless the run
+    is done, ``walk(notes)``, the traversal's generator (see
+    :meth:`fipframe.traversal.engine.Traversal.walk`)."""
+    from fipframe.api import build, load_config, resumable
     from fipframe.traversal import integrity
     from fipframe.traversal.artifact import CHECKPOINT
 
@@ -214,31 +226,63 @@ def continue_run(out: Path, config: Any) -> str:
                 "give another --out, or the arguments it was run with"
             )
         if finished(out):
-            return "done before"
+            return "done before", None
         if (out / CHECKPOINT).is_file():
             settings = [f"{p}={_text(b)}" for p, _, b in changes if b is not integrity._ABSENT]
-            resume(out, overrides=settings, pm=pm)
-            return "resumed"
+            traversal = resumable(out, overrides=settings, pm=pm)
+            return "resumed", lambda notes: traversal.walk(
+                resume=True, overrides=settings, notes=notes
+            )
         if not (out / "metrics.jsonl").is_file():
             _clear_unstarted(out)
-    run(config, out=out)
-    return "ran"
+    fresh = build(config, out=out)
+    return "ran", lambda notes: fresh.walk(notes=notes)
 
 
-def run_one(config: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
-    """One run of the sweep, in a worker process or a Ray task: started, resumed or read."""
+def run_group(configs: list[dict[str, Any]], outs: list[str], threads: int) -> list[dict[str, Any]]:
+    """Runs of the sweep in one worker process or Ray task: started, resumed or read; with
+    more than one, as lockstep paths (their steps stacked where they fit together)."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
     from fipframe.api import load_config
+    from fipframe.traversal.lockstep import Notes, alone, run_together
 
     t = time.perf_counter()
-    try:
-        status = continue_run(Path(out), load_config(config))
-    except Exception as exc:  # one run's failure is reported; the sweep goes on
-        return {"out": out, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return {"out": out, "status": status, "seconds": time.perf_counter() - t}
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    walks, started = [], []
+    for i, (config, out) in enumerate(zip(configs, outs, strict=True)):
+        try:
+            status, walk = open_run(Path(out), load_config(config))
+        except Exception as exc:  # one run's failure is reported; the sweep goes on
+            results[i] = _failed(out, exc)
+            continue
+        if walk is None:
+            results[i] = {"out": out, "status": status, "seconds": time.perf_counter() - t}
+            continue
+        walks.append(walk(Notes(label=out) if len(configs) > 1 else None))
+        started.append((i, status))
+    if len(walks) == 1:  # alone: the same as a plain run
+        i, status = started[0]
+        try:
+            alone(walks[0])
+        except Exception as exc:
+            results[i] = _failed(outs[i], exc)
+        else:
+            results[i] = {"out": outs[i], "status": status, "seconds": time.perf_counter() - t}
+    elif walks:
+
+        def ended(j: int, outcome: Any) -> None:
+            i, status = started[j]
+            results[i] = (
+                _failed(outs[i], outcome.error)
+                if outcome.error is not None
+                else {"out": outs[i], "status": status, "seconds": time.perf_counter() - t}
+            )
+
+        run_together(walks, on_end=ended)
+    return results  # type: ignore[return-value]
 
 
 def execute(
@@ -249,9 +293,11 @@ def execute(
     threads: int,
     gpus: float = 0.0,
     ray_address: str | None = None,
+    lockstep: int = 1,
     say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> list[dict[str, Any]]:
-    """Run every job; their outcomes, in the order of ``todo``."""
+    """Run every job; their outcomes, in the order of ``todo``. ``lockstep`` K > 1 gives
+    each worker (or Ray task) K consecutive runs to walk as lockstep paths."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if workers < 1:
@@ -260,19 +306,28 @@ def execute(
         raise ConfigError(f"--threads: expected 0 (torch's default) or more, got {threads}")
     if gpus < 0:
         raise ConfigError(f"--gpus-per-run: expected 0 or more, got {gpus}")
-    calls = []
+    if lockstep < 1:
+        raise ConfigError(f"--lockstep: expected runs per worker, 1 or more, got {lockstep}")
+    runs = []
     for j in todo:
         config = json.loads(json.dumps(j.config))
         config.setdefault("run", {})["progress"] = "off"  # runs side by side: no bars
-        calls.append((config, str(j.out), threads))
+        runs.append((config, str(j.out)))
+    # consecutive runs (the seeds of a cell come together) share a worker
+    groups = [list(range(i, min(i + lockstep, len(runs)))) for i in range(0, len(runs), lockstep)]
+    calls = [([runs[i][0] for i in g], [runs[i][1] for i in g], threads) for g in groups]
     outcomes: dict[int, dict[str, Any]] = {}
 
-    def done(i: int, result: dict[str, Any]) -> None:
-        outcomes[i] = result
-        j = todo[i]
-        took = f" in {result['seconds']:.0f} s" if result.get("seconds") else ""
-        said = f": {result['error']}" if result["status"] == "failed" else took
-        say(f"[{len(outcomes)}/{len(todo)}] {j.cell.name}/seed-{j.seed} {result['status']}{said}")
+    def done(g: int, results: list[dict[str, Any]]) -> None:
+        for i, result in zip(groups[g], results, strict=True):
+            outcomes[i] = result
+            j = todo[i]
+            took = f" in {result['seconds']:.0f} s" if result.get("seconds") else ""
+            said = f": {result['error']}" if result["status"] == "failed" else took
+            say(
+                f"[{len(outcomes)}/{len(todo)}] {j.cell.name}/seed-{j.seed} "
+                f"{result['status']}{said}"
+            )
 
     if backend == "local":
         _local(calls, workers, done)
@@ -285,23 +340,28 @@ def _failed(out: str, exc: BaseException) -> dict[str, Any]:
     return {"out": out, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _local(calls: list[tuple], workers: int, done: Callable[[int, dict[str, Any]], None]) -> None:
+def _all_failed(call: tuple, why: str) -> list[dict[str, Any]]:
+    return [{"out": out, "status": "failed", "error": why} for out in call[1]]
+
+
+Done = Callable[[int, list[dict[str, Any]]], None]
+
+
+def _local(calls: list[tuple], workers: int, done: Done) -> None:
     if workers == 1:
         for i, c in enumerate(calls):
-            done(i, run_one(*c))
+            done(i, run_group(*c))
         return
     broken = _pool(calls, list(range(len(calls))), workers, done)
-    # a worker died and broke the pool: every run it held or had queued lost its worker. Each
-    # is run again alone, so only the one that kills its worker is reported failed
+    # a worker died and broke the pool: every group it held or had queued lost its worker.
+    # Each is run again alone, so only the one that kills its worker is reported failed
     for i in broken:
         for j in _pool(calls, [i], 1, done):
             died = "its worker process died (killed, out of memory, a crash)"
-            done(j, {"out": calls[j][1], "status": "failed", "error": died})
+            done(j, _all_failed(calls[j], died))
 
 
-def _pool(
-    calls: list[tuple], which: list[int], workers: int, done: Callable[[int, dict[str, Any]], None]
-) -> list[int]:
+def _pool(calls: list[tuple], which: list[int], workers: int, done: Done) -> list[int]:
     """Run ``calls[which]`` on a fresh spawn pool; the indices whose worker pool broke."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -310,7 +370,7 @@ def _pool(
     broken = []
     # spawn: a fresh interpreter per worker (no forked torch thread pools or CUDA contexts)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, *calls[i]): i for i in which}
+        futures = {pool.submit(run_group, *calls[i]): i for i in which}
         try:
             for f in as_completed(futures):
                 i = futures[f]
@@ -318,8 +378,8 @@ def _pool(
                     done(i, f.result())
                 except BrokenProcessPool:
                     broken.append(i)
-                except Exception as exc:  # anything else from the pool: this run failed
-                    done(i, _failed(calls[i][1], exc))
+                except Exception as exc:  # anything else from the pool: these runs failed
+                    done(i, _all_failed(calls[i], f"{type(exc).__name__}: {exc}"))
         except KeyboardInterrupt:
             for f in futures:
                 f.cancel()
@@ -327,13 +387,7 @@ def _pool(
     return sorted(broken)
 
 
-def _ray(
-    calls: list[tuple],
-    threads: int,
-    gpus: float,
-    address: str | None,
-    done: Callable[[int, dict[str, Any]], None],
-) -> None:
+def _ray(calls: list[tuple], threads: int, gpus: float, address: str | None, done: Done) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -346,7 +400,7 @@ def _ray(
             include_dashboard=False,
             log_to_driver=False,
         )
-    task = ray.remote(num_cpus=max(threads, 1), num_gpus=gpus)(run_one)
+    task = ray.remote(num_cpus=max(threads, 1), num_gpus=gpus)(run_group)
     pending = {task.remote(*c): i for i, c in enumerate(calls)}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -354,7 +408,7 @@ def _ray(
         try:
             done(i, ray.get(ready[0]))
         except Exception as exc:  # the task's worker died
-            done(i, _failed(calls[i][1], exc))
+            done(i, _all_failed(calls[i], f"{type(exc).__name__}: {exc}"))
 
 
 def summary(root: Path, failed: Sequence[str] = ()) -> str:

@@ -86,6 +86,9 @@ class _Normalised(PathIntegrator):
     capabilities = frozenset({"needs_metric"})
     uses_divergence = False  # the metric shapes the direction; no penalty term
 
+    def lockstep_loss(self, problem: StepProblem) -> tuple[float, str]:
+        return 0.0, "mean"  # the gradient of the objectives; the metric steers the solve
+
     def init(self, params: Params) -> State:
         return {}
 

@@ -76,6 +76,9 @@ class Gradient(PathIntegrator):
     def init(self, params: Params) -> State:
         return {"opt": optim.init(self.config.optimizer, values(params))}
 
+    def lockstep_loss(self, problem: StepProblem) -> tuple[float, str]:
+        return self._alpha(problem), self._reduction()
+
     def step(
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0
     ) -> tuple[Params, State, dict[str, Tensor]]:
@@ -116,6 +119,9 @@ class EpsStep(PathIntegrator):
 
     def init(self, params: Params) -> State:
         return {}
+
+    def lockstep_loss(self, problem: StepProblem) -> tuple[float, str]:
+        return value_at(self.config.alpha, problem.progress), self.config.reduction
 
     def step(
         self, params: Params, state: State, problem: StepProblem, scale: float = 1.0

@@ -36,6 +36,35 @@ class Terms:
 
 
 @dataclass
+class Split:
+    """A step's loss cut at its one training forward, so that lockstep paths
+    (:mod:`fipframe.traversal.lockstep`) can stack several paths' forwards into one.
+
+    ``terms(p, forward(p, inputs))`` is ``evaluate`` at the whole point ``p``
+    (``whole(moving)`` adds the parameters the stage holds fixed); ``inputs`` is None for a
+    step without a forward (``terms`` then gets None).
+    """
+
+    inputs: Any
+    forward: Callable[[Params, Any], Tensor]
+    terms: Callable[[Params, Tensor | None], Terms]
+    whole: Callable[[Params], Params]
+
+
+@dataclass
+class Given:
+    """A gradient computed for the problem elsewhere (stacked with other paths'):
+    :func:`riemannian_gradient` uses it when it is asked for that gradient at that point."""
+
+    at: Params  # the very dict the integrator was handed
+    alpha: float
+    reduction: str
+    grads: list[Tensor]  # Euclidean, in the order of ``at``
+    terms: Terms
+    total: Tensor
+
+
+@dataclass
 class StepProblem:
     """Everything one step needs, for the current batches.
 
@@ -56,6 +85,11 @@ class StepProblem:
     average: Callable[[list[Tensor]], list[Tensor]] | None = None
     #: set by :func:`riemannian_gradient` once it averaged (the engine checks it)
     averaged: bool = False
+    #: the loss cut at its forward (None where the step needs another forward, e.g. an
+    #: eval-mode one for the stored inputs of a model with BatchNorm or dropout)
+    split: Split | None = None
+    #: a gradient computed by lockstep paths, used once by :func:`riemannian_gradient`
+    given: Given | None = None
 
 
 class PathIntegrator(ABC):
@@ -75,6 +109,13 @@ class PathIntegrator(ABC):
 
     def __init__(self, config: Any):
         self.config = config
+
+    def lockstep_loss(self, problem: StepProblem) -> tuple[float, str] | None:
+        """``(alpha, reduction)`` if ``step`` takes exactly one
+        ``riemannian_gradient(params, problem, alpha, reduction)`` at the point it is handed;
+        paths run in lockstep then compute that gradient for several paths at once. None (the
+        default): the step is computed alone."""
+        return None
 
     @abstractmethod
     def init(self, params: Params) -> State:
@@ -100,8 +141,36 @@ def riemannian_gradient(
     ``CE_mean + lambda1 * sum_batch D``. Returns the gradient (tangent at ``params``), the terms
     and the detached total loss. Parameters the loss does not reach get a zero gradient.
     """
-    leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    terms = problem.evaluate(like(params, leaves))
+    given, problem.given = problem.given, None
+    if (
+        given is not None
+        and given.at is params
+        and (given.alpha, given.reduction)
+        == (
+            alpha,
+            reduction,
+        )
+    ):
+        grads, terms, total = given.grads, given.terms, given.total
+    else:
+        leaves = [p.detach().requires_grad_(True) for p in params.values()]
+        terms = problem.evaluate(like(params, leaves))
+        total = weighted_total(terms, alpha, reduction)
+        grads = torch.autograd.grad(total, leaves, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)
+        ]
+    if problem.average is not None:  # the gradient of the global batch, the same everywhere
+        grads = problem.average(grads)
+        problem.averaged = True
+    rgrad = problem.manifold.egrad2rgrad(params, like(params, grads))
+    if problem.gradient_sink is not None:
+        problem.gradient_sink(rgrad)
+    return rgrad, terms, total.detach()
+
+
+def weighted_total(terms: Terms, alpha: float, reduction: str = "mean") -> Tensor:
+    """``objective + alpha * divergence`` (``alpha * stored`` for the ``sum`` reduction)."""
     total = terms.objective
     if terms.divergence is not None and alpha:
         if reduction == "sum" and terms.stored < 1:
@@ -112,15 +181,7 @@ def riemannian_gradient(
             )
         weight = alpha * terms.stored if reduction == "sum" else alpha
         total = total + weight * terms.divergence
-    grads = torch.autograd.grad(total, leaves, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads, strict=True)]
-    if problem.average is not None:  # the gradient of the global batch, the same everywhere
-        grads = problem.average(grads)
-        problem.averaged = True
-    rgrad = problem.manifold.egrad2rgrad(params, like(params, grads))
-    if problem.gradient_sink is not None:
-        problem.gradient_sink(rgrad)
-    return rgrad, terms, total.detach()
+    return total
 
 
 def step_stats(terms: Terms, total: Tensor) -> dict[str, Tensor]:

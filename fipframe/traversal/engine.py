@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from fipframe.errors import RunDirError, TraversalError
 from fipframe.eval.results import RunResult, stage_names
@@ -26,6 +26,8 @@ from fipframe.plugins import call_hook
 from fipframe.traversal import integrity, origin
 from fipframe.traversal.artifact import CHANGES, DELIVERED, FIXED, RunDir
 from fipframe.traversal.build import Components, build_components, resolve_device
+from fipframe.traversal.lockstep import Notes, alone
+from fipframe.traversal.lockstep import Walk as LockstepWalk
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.plan import Walk
 from fipframe.traversal.progress import Progress
@@ -74,6 +76,8 @@ class Traversal:
         self.dir = RunDir(out) if out is not None else None
         self.position = Position()
         self.loggers: list[Any] = []
+        # the global random streams as the build left them: a lockstep walk keeps its own
+        self._rng = _rng_state(self.device)
 
     # -- what hooks and users read -------------------------------------------------------------
     @property
@@ -125,22 +129,78 @@ class Traversal:
         given to ``--set``) or, with ``force``, any field but the interrupted stage's step rule
         (see :mod:`fipframe.traversal.integrity`); every file the run needs is checked first.
         """
+        return alone(self.walk(resume=resume, force=force, overrides=overrides))
+
+    def walk(
+        self,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        overrides: Iterable[str] = (),
+        notes: Notes | None = None,
+    ) -> LockstepWalk:
+        """:meth:`run` as a generator, for :func:`fipframe.traversal.lockstep.run_together`:
+        with ``notes`` it yields every step it can share; it returns the RunResult."""
         if resume and self.dir is None:
             raise TraversalError("resume needs the run directory (out=...) to resume from")
         ranks = self.components.ranks
+        if notes is not None and ranks.parallel:
+            raise TraversalError(
+                "lockstep paths run in one process; a data-parallel run (torchrun, --nproc) "
+                "walks its path alone"
+            )
+        if notes is not None:  # interleaved with other walks: keep this run's random streams
+            return (yield from self._own_rng(self._walk(resume, force, overrides, notes)))
+        return (yield from self._walk(resume, force, overrides, notes))
+
+    def _walk(
+        self, resume: bool, force: bool, overrides: Iterable[str], notes: Notes | None
+    ) -> LockstepWalk:
+        ranks = self.components.ranks
         ranks.agree("resuming", bool(resume))
         if self.dir is None:
-            return self._run(None, resume=False, force=force, overrides=overrides)
+            return (
+                yield from self._run(
+                    None, resume=False, force=force, overrides=overrides, notes=notes
+                )
+            )
         rd = self.dir
         ranks.on_main(lambda: rd.create(fresh=not resume))  # rank 0 takes the run's lock
         try:
-            return self._run(self.dir, resume=resume, force=force, overrides=overrides)
+            return (
+                yield from self._run(
+                    rd, resume=resume, force=force, overrides=overrides, notes=notes
+                )
+            )
         finally:
-            self.dir.unlock()
+            rd.unlock()
+
+    def _own_rng(self, walk: LockstepWalk) -> LockstepWalk:
+        """``walk`` with the global random streams (dropout, random augmentations) its own:
+        restored whenever it runs, kept whenever it yields, as if it ran alone."""
+        state, answer = self._rng, None
+        try:
+            while True:
+                _set_rng_state(state, self.device)
+                try:
+                    offer = walk.send(answer)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    state = _rng_state(self.device)
+                answer = yield offer
+        finally:
+            walk.close()
 
     def _run(
-        self, rd: RunDir | None, *, resume: bool, force: bool, overrides: Iterable[str]
-    ) -> RunResult:
+        self,
+        rd: RunDir | None,
+        *,
+        resume: bool,
+        force: bool,
+        overrides: Iterable[str],
+        notes: Notes | None,
+    ) -> LockstepWalk:
         ranks = self.components.ranks
         records = Records(self.config, rd, self.device, write=ranks.main)
         restart = None
@@ -184,10 +244,10 @@ class Traversal:
                     self._replay(rd, records.items)
                 elif self.loggers:
                     rd.write_json(DELIVERED, {"seq": -1})  # nothing given to the sinks yet
-        loop = StageLoop(self.components, records, progress, self._notify, self.position)
+        loop = StageLoop(self.components, records, progress, self._notify, self.position, notes)
         self._hook("fipframe_traversal_start", run=self)
         try:
-            Walk(self.components, records, loop).run(restart)
+            yield from Walk(self.components, records, loop).run(restart)
         finally:
             for logger in self.loggers:
                 logger.close()
@@ -283,3 +343,14 @@ class Traversal:
                 for n, s in self.pm.sources.items()
             },
         }
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)

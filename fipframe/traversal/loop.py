@@ -9,18 +9,20 @@ times. The stage's pruner (:mod:`fipframe.traversal.pruning`) is called around e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fipframe.core.integrator import Given
 from fipframe.core.params import Params, all_finite
 from fipframe.data.memory import Memory
 from fipframe.errors import TraversalError
 from fipframe.traversal.build import Components, Stage, build_stage
 from fipframe.traversal.guard import Guard
+from fipframe.traversal.lockstep import Notes, Request, request
 from fipframe.traversal.progress import Progress, short
 from fipframe.traversal.pruning import Pruner
 from fipframe.traversal.records import TRUNK, Commit, Position, Records, Restart
@@ -52,12 +54,15 @@ class StageLoop:
         progress: Progress,
         notify: Callable[[dict[str, Any]], None],
         position: Position,
+        notes: Notes | None = None,
     ):
         self.comp = comp
         self.records = records
         self.progress = progress
         self.notify = notify
         self.position = position
+        #: set when the path runs in lockstep with others: steps are offered for stacking
+        self.notes = notes
 
     def run(
         self,
@@ -70,8 +75,11 @@ class StageLoop:
         *,
         ends: list[tuple[int | None, Params]],
         carry: dict[str, Tensor],
-    ) -> Params:
-        """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point."""
+    ) -> Generator[Request, Given | None, Params]:
+        """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point.
+
+        A generator: in lockstep (``notes`` set) it yields each step it can share as a
+        :class:`~fipframe.traversal.lockstep.Request` and takes the gradient sent back."""
         comp, rec, ev = self.comp, self.records, self.comp.evaluator
         ranks = comp.ranks
         buffers = list(comp.adapter.model.buffers())
@@ -183,7 +191,12 @@ class StageLoop:
                         comp, st, memory, step, step / cfg.steps, sink, st.held(params)
                     )
                     before = params
-                    moved, state, stats = st.integrator.step(st.part(params), state, problem, scale)
+                    at = st.part(params)
+                    if self.notes is not None:
+                        offer = request(comp, st.integrator, problem, at, where, self.notes)
+                        if offer is not None:
+                            problem.given = yield offer
+                    moved, state, stats = st.integrator.step(at, state, problem, scale)
                     if ranks.parallel and not problem.averaged:
                         _not_averaged(st.integrator, cfg)
                     params = moved if st.moving is None else {**params, **moved}

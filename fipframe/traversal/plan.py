@@ -10,14 +10,17 @@ continues from the checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
+from fipframe.core.integrator import Given
 from fipframe.core.params import Params
 from fipframe.data.memory import Memory
 from fipframe.traversal.build import Components
+from fipframe.traversal.lockstep import Request
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.records import TRUNK, Records, Restart
 
@@ -54,7 +57,9 @@ class Walk:
         self.records = records
         self.loop = loop
 
-    def run(self, restart: Restart | None) -> None:
+    def run(self, restart: Restart | None) -> Generator[Request, Given | None, None]:
+        """Walk the plan; a generator of the steps offered for lockstep (see
+        :meth:`StageLoop.run`)."""
         comp, ev = self.comp, self.comp.evaluator
         mem = comp.config.memory
         trunk = PathState(
@@ -103,7 +108,7 @@ class Walk:
                 elif stages[si].start_from is not None:  # rewinding (lottery tickets)
                     path.params = path.named[stages[si].start_from]
                     ev.mark_stale()
-                path.params = self.loop.run(
+                path.params = yield from self.loop.run(
                     branch,
                     si,
                     stages[si],

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fipframe.core.integrator import StepProblem, Terms
+from fipframe.core.integrator import Split, StepProblem, Terms
 from fipframe.core.params import Params
 from fipframe.data import inputs as I
 from fipframe.data.memory import Memory
@@ -94,12 +94,11 @@ def make_problem(
             out = train_forward(p, x)
         return out.to(comp.dtype)
 
-    def evaluate(p: Params) -> Terms:
-        p = whole(p)
-        logits: list[Tensor | None] = []
-        if sizes:
-            everything = I.cat(parts_in)
-            logits = list(torch.split(forward(p, everything), sizes))
+    everything = I.cat(parts_in) if sizes else None
+
+    def terms(p: Params, out: Tensor | None) -> Terms:
+        """The terms at the whole point ``p`` from the training forward's outputs ``out``."""
+        logits: list[Tensor | None] = list(torch.split(out, sizes)) if out is not None else []
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for obj, batch, w, k in zip(st.objectives, batches, weights, slot, strict=True):
@@ -120,6 +119,10 @@ def make_problem(
             divergence = metric.divergence(mem_logits, mem_ref).mean()
         return Terms(total, divergence, parts, stored if wants_div else 0)  # type: ignore[arg-type]
 
+    def evaluate(p: Params) -> Terms:
+        p = whole(p)
+        return terms(p, forward(p, everything) if everything is not None else None)
+
     def stored_forward(p: Params) -> Tensor:
         """Outputs on this step's stored inputs, in eval mode like the anchor's (and in the
         run's dtype: metric products and solves never run under autocast)."""
@@ -130,6 +133,8 @@ def make_problem(
         finally:
             adapter.train(was)
 
+    # lockstep paths stack the forward of several paths: only where it is the step's only one
+    one_forward = fuse or not wants_div
     return StepProblem(
         evaluate,
         comp.manifold,
@@ -138,6 +143,7 @@ def make_problem(
         stored_forward if mem_x is not None else None,
         sink.append if sink is not None else None,
         ranks.mean if ranks.parallel else None,
+        split=Split(everything, forward, terms, whole) if one_forward else None,
     )
 
 

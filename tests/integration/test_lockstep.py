@@ -1,0 +1,170 @@
+"""Lockstep paths: several runs in one process with their steps stacked (vmap over a path
+axis) walk the paths they walk alone, keep their own run directories, fall back to computing a
+step alone where it cannot be stacked (and say why), and survive a failure or Ctrl-C of one of
+them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import fipframe
+from fipframe.api import load_config, run, run_lockstep
+from fipframe.eval.results import RunResult
+from fipframe.plugins import make_plugin_manager
+from fipframe.sweep import execute, prepare
+from fipframe.traversal import lockstep
+from fipframe.traversal.artifact import CHECKPOINT
+from tests.conftest import TINY
+
+
+def configs(seeds=(0, 1, 2), **model: Any) -> list[dict[str, Any]]:
+    """TINY in float64 with a natural-step branch beside fine-tuning and the FIP penalty."""
+    out = []
+    for seed in seeds:
+        c = copy.deepcopy(TINY)
+        c["run"].update(seed=seed, dtype="float64")
+        c["model"].update(model)
+        natural = copy.deepcopy(c["branches"]["fip"][0])
+        # CG solved to 1e-10: at the default tolerance a rounding-level change of the
+        # gradient can change the number of iterations, and the path moves by ~cg_tol
+        natural["integrator"] = {
+            "kind": "natural",
+            "eps": 0.05,
+            "damping": 0.1,
+            "cg_tol": 1e-10,
+            "cg_iters": 200,
+        }
+        c["branches"]["natural"] = [natural]
+        out.append(c)
+    return out
+
+
+def largest_gap(a: RunResult, b: RunResult) -> float:
+    """The largest weight difference over every stage's end point (held or on disk)."""
+    ends = [(r["branch"], r["stage"]) for r in a.records if r["kind"] == "stage_end"]
+    assert ends == [(r["branch"], r["stage"]) for r in b.records if r["kind"] == "stage_end"]
+    gaps = []
+    for branch, stage in ends:
+        pa, pb = a.point(branch, stage).params, b.point(branch, stage).params
+        gaps += [float((pa[n] - pb[n]).abs().max()) for n in pa]
+    return max(gaps)
+
+
+def accuracies(result: RunResult) -> list[tuple]:
+    return [
+        (r["branch"], r["stage"], r["step"], {k: v for k, v in r["metrics"].items() if "acc" in k})
+        for r in result.records
+    ]
+
+
+def test_stacked_paths_walk_what_they_walk_alone():
+    cs = configs()
+    alone = [run(load_config(c)) for c in cs]
+    said: list[str] = []
+    walks = [fipframe.api.build(load_config(c)).walk(notes=lockstep.Notes(said.append)) for c in cs]
+    outcomes = lockstep.run_together(walks, say=said.append)
+    assert [o.error for o in outcomes] == [None] * 3
+    assert said == []  # every step of every path was stacked
+    steps = sum(
+        s["steps"] for s in [cs[0]["stages"][0]] + [b[0] for b in cs[0]["branches"].values()]
+    )
+    assert [o.stacked for o in outcomes] == [steps] * 3
+    for a, o in zip(alone, outcomes, strict=True):
+        b = o.value
+        assert largest_gap(a, b) < 1e-10
+        assert accuracies(a) == accuracies(b)
+
+
+def test_steps_that_cannot_stack_are_computed_alone_and_said():
+    # dropout: the stored inputs need their own eval-mode forward (and each run draws its own
+    # masks from its own random stream); another width: another key
+    cs = configs((0, 1), dropout=0.2) + configs((2,), hidden=[16])
+    alone = [run(load_config(c)) for c in cs]
+    said: list[str] = []
+    got = run_lockstep([load_config(c) for c in cs], say=said.append)
+    for a, b in zip(alone, got, strict=True):
+        assert largest_gap(a, b) < 1e-10
+        assert accuracies(a) == accuracies(b)
+    mode = [s for s in said if "has dropout or BatchNorm" in s]
+    assert len(mode) == 2 * 4  # once per stage of each dropout run
+    assert "lockstep: run 0: fip/second: the model has dropout" in "\n".join(mode)
+    assert len(said) == len(mode)  # the other width is simply not stacked with them
+
+
+class Stop:
+    """A plugin (registered on the plugin manager like any other) that stops one run once."""
+
+    def __init__(self, seed: int, step: int, exc: BaseException):
+        self.seed, self.step, self.exc, self.fired = seed, step, exc, False
+
+    @fipframe.hookimpl
+    def fipframe_chunk_end(self, run, step, metrics):
+        if not self.fired and run.config.run.seed == self.seed and step == self.step:
+            self.fired = True
+            raise self.exc
+
+
+def with_plugin(plugin: Any, cs: list[dict[str, Any]]) -> list[Any]:
+    pm = make_plugin_manager(entry_points_enabled=False)
+    pm.register(plugin)
+    return [load_config(c, pm=pm) for c in cs]
+
+
+def test_one_failing_run_leaves_the_others(tmp_path: Path):
+    cs = configs((0, 1, 2))
+    outs = [tmp_path / f"seed-{i}" for i in range(3)]
+    with pytest.raises(fipframe.errors.TraversalError, match="boom"):
+        run_lockstep(with_plugin(Stop(1, 20, RuntimeError("boom")), cs), outs=outs)
+    for i in (0, 2):  # finished, and their own paths
+        assert largest_gap(RunResult.load(outs[i]), run(load_config(cs[i]))) < 1e-10
+    assert not (outs[1] / "summary.json").exists()
+
+
+def test_interrupted_lockstep_continues_where_each_run_stopped(tmp_path: Path):
+    cs = configs((0, 1))
+    outs = [tmp_path / f"seed-{i}" for i in range(2)]
+    plugin = Stop(1, 20, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        run_lockstep(with_plugin(plugin, cs), outs=outs)
+    assert all((o / CHECKPOINT).is_file() for o in outs)
+    # the same call again continues every run from its own checkpoint
+    got = run_lockstep(with_plugin(plugin, cs), outs=outs)
+    for c, b in zip(cs, got, strict=True):
+        assert largest_gap(run(load_config(c)), b) < 1e-10
+
+
+def test_a_sweep_walks_its_seeds_in_lockstep(tmp_path: Path):
+    base = configs((0,))[0]
+    todo = prepare([], [], [0, 1], tmp_path, lambda extra: load_config(base, overrides=extra))
+    said: list[str] = []
+    outcomes = execute(todo, backend="local", workers=1, threads=0, lockstep=2, say=said.append)
+    assert [o["status"] for o in outcomes] == ["ran", "ran"]
+    for seed in (0, 1):
+        alone = run(load_config(base, overrides=[f"run.seed={seed}"]))
+        assert largest_gap(alone, RunResult.load(tmp_path / "base" / f"seed-{seed}")) < 1e-10
+    # again: read back, nothing walked
+    again = execute(todo, backend="local", workers=1, threads=0, lockstep=2, say=said.append)
+    assert [o["status"] for o in again] == ["done before", "done before"]
+
+
+def test_stacked_gradients_equal_the_separate_ones():
+    """The one stacked forward and backward gives each path its own gradient (float64)."""
+    torch.manual_seed(0)
+    cs = [load_config(c) for c in configs((0, 1, 2))]
+    walks = [fipframe.api.build(c).walk(notes=lockstep.Notes()) for c in cs]
+    requests = [next(w) for w in walks]
+    given = lockstep.gradients(requests)
+    for r, g in zip(requests, given, strict=True):
+        leaves = {n: p.detach().requires_grad_(True) for n, p in r.params.items()}
+        terms = r.problem.evaluate(leaves)
+        grads = torch.autograd.grad(terms.objective, list(leaves.values()))
+        for a, b in zip(grads, g.grads, strict=True):
+            assert float((a - b).abs().max()) < 1e-12
+    for w in walks:
+        w.close()
