@@ -30,6 +30,7 @@ _LAZY = {
     "presets": "fipframe.api",
     "resume": "fipframe.api",
     "run": "fipframe.api",
+    "run_lockstep": "fipframe.api",
     "ArchitectureAdapter": "fipframe.core.adapter",
     "task_sequence": "fipframe.data.user",
     "ConfigError": "fipframe.errors",
@@ -83,5 +84,6 @@ __all__ = [
     "presets",
     "resume",
     "run",
+    "run_lockstep",
     "task_sequence",
 ]

@@ -85,7 +85,15 @@ class Evaluator:
         finally:
             self.adapter.train(was)
 
-    def evaluate(self, params: Params, *, shared: bool = True) -> dict[str, float]:
+    def splits(self) -> list[tuple[str, int, Any]]:
+        """``(split, task, data)`` of every non-empty val and test split, in evaluation order."""
+        splits = [(split, i, getattr(t, split)) for split in ("val", "test")
+                  for i, t in enumerate(self.tasks.tasks)]  # fmt: skip
+        return [(split, i, data) for split, i, data in splits if len(data)]
+
+    def evaluate(
+        self, params: Params, *, shared: bool = True, logits: list[Tensor] | None = None
+    ) -> dict[str, float]:
         """Accuracy of ``params`` on every task's val and test split, and their averages.
 
         Also sets ``majority``: the fraction of val inputs (pooled over tasks) given the most
@@ -95,13 +103,16 @@ class Evaluator:
 
         ``shared`` (data parallelism only): each process counts its share of every resident
         split and the counts are summed, so every process must call it together; with
-        ``shared=False`` this process evaluates everything alone."""
+        ``shared=False`` this process evaluates everything alone.
+
+        ``logits``: the outputs at ``params`` on every split of :meth:`splits`, computed
+        elsewhere (lockstep paths stack their evaluations); this process alone."""
         names, correct, sizes = [], [], []
         table = self._class_table
         ranks = self.ranks
-        splits = [(split, i, getattr(t, split)) for split in ("val", "test")
-                  for i, t in enumerate(self.tasks.tasks)]  # fmt: skip
-        splits = [(split, i, data) for split, i, data in splits if len(data)]
+        splits = self.splits()
+        given = iter(logits) if logits is not None else None
+        shared = shared and given is None
         # shared out: each process counts its rows of every split (resident splits only: a
         # streamed one is read whole by every process), the counts are summed exactly
         shared = (
@@ -118,11 +129,11 @@ class Evaluator:
                 correct.append(torch.zeros((), dtype=torch.float32, device=data.y.device))
                 continue
             part = data if (lo, hi) == (0, n) else _rows(data, lo, hi)
-            logits = self.split_logits(params, part)
-            pred = self.tasks.restrict(logits, i, table).argmax(-1)
+            out = next(given) if given is not None else self.split_logits(params, part)
+            pred = self.tasks.restrict(out, i, table).argmax(-1)
             correct.append((pred == part.y).float().sum())
             if split == "val" or not any(s == "val" for s, *_ in splits):
-                count = torch.bincount(pred, minlength=logits.shape[-1]).float()
+                count = torch.bincount(pred, minlength=out.shape[-1]).float()
                 votes = count if votes is None else votes + count
         if votes is None and splits:
             classes = self.tasks.num_classes

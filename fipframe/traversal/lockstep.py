@@ -2,15 +2,21 @@
 
 Each run is a normal traversal with its own run directory, records, checkpoint and random
 streams; :meth:`Traversal.walk <fipframe.traversal.engine.Traversal.walk>` walks it as a
-generator that stops at every step it could share and yields a :class:`Request`: the point,
-the inputs of the step's one training forward and the loss cut after it
-(:class:`~fipframe.core.integrator.Split`). :func:`run_together` advances every walk to its
-next request, stacks the requests that fit together (same model config and parameter shapes,
-same input shapes, dtype and device) with ``torch.func.vmap`` over a path axis, computes their
-gradients in one forward and one backward, and hands each walk its own gradient
-(:class:`~fipframe.core.integrator.Given`). The rest of a step (the optimiser, a natural
-step's solve), chunk ends (evaluation, records, checkpoints) and rollbacks stay each path's
-own, so a path walks what it walks alone, to float tolerance.
+generator that stops where it could share work and yields a request:
+
+- :class:`Request`, a step: the point, the inputs of the step's one training forward and the
+  loss cut after it (:class:`~fipframe.core.integrator.Split`);
+- :class:`EvalRequest`, a chunk-end or stage-end evaluation: the point and every val and test
+  split's inputs.
+
+:func:`run_together` advances every walk to its next request, stacks the requests that fit
+together (same model config and parameter shapes, same input shapes, dtype and device) with
+``torch.func.vmap`` over a path axis, computes them for all at once (a step's gradients in one
+forward and one backward; an evaluation's outputs batch by batch) and hands each walk its own
+part (:class:`~fipframe.core.integrator.Given`; the outputs, counted by the path's own
+evaluator). The rest of a step (the optimiser, a natural step's solves and its metric
+products), the chunk's path measures, records, checkpoints and rollbacks stay each path's own,
+so a path walks what it walks alone, to float tolerance.
 
 A step that cannot be stacked is computed where it is, and its path goes on alone until it can
 be again; each reason is said once per stage (:class:`Notes`).
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,20 +36,42 @@ from fipframe.core.integrator import Given, StepProblem, Terms, weighted_total
 from fipframe.core.params import Params
 from fipframe.data import inputs as I
 
-#: what a walk yields (a Request) and is sent back (its gradient, or None: compute it yourself)
-Walk = Generator["Request", "Given | None", Any]
+#: what a walk yields (a Request or EvalRequest) and is sent back (the gradient or outputs, or
+#: None: compute them yourself)
+Walk = Generator[Any, Any, Any]
 
 
 @dataclass
 class Request:
-    """One path's step, offered for stacking."""
+    """One path's step, offered for stacking; requests with equal keys stack."""
 
     problem: StepProblem
     params: Params  # the point the integrator is handed (the moving parameters)
     alpha: float
     reduction: str
     buffers: dict[str, Tensor]  # the module's (constant in a stackable step)
-    key: tuple[Any, ...]  # requests with equal keys stack
+    key: tuple[Any, ...]
+
+    @staticmethod
+    def stacked(group: Sequence[Request]) -> list[Given]:
+        return gradients(group)
+
+
+@dataclass
+class EvalRequest:
+    """One path's chunk-end evaluation, offered for stacking: its outputs on every val and
+    test split (:meth:`Evaluator.splits <fipframe.eval.measure.Evaluator.splits>`)."""
+
+    forward: Callable[[Params, Any], Tensor]
+    params: Params  # the whole point
+    inputs: list[Any]  # every split's inputs
+    batch_size: int
+    buffers: dict[str, Tensor]
+    key: tuple[Any, ...]
+
+    @staticmethod
+    def stacked(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
+        return outputs(group)
 
 
 def _stderr(text: str) -> None:
@@ -90,19 +118,48 @@ def request(
         notes.alone(where, reason)
         return None
     assert loss is not None and problem.split is not None
-    whole = problem.split.whole(params)
     x = problem.split.inputs
     key = (
-        comp.config.model.model_dump_json(),
-        tuple((n, tuple(t.shape), t.dtype) for n, t in whole.items()),
+        "step",
+        *_model_key(comp, problem.split.whole(params)),
         tuple(params),
-        (I.signature(x), I.length(x)) if x is not None else None,
-        str(comp.device),
-        comp.dtype,
+        _shape(x) if x is not None else None,
         comp.config.run.autocast,
     )
     buffers = dict(comp.adapter.model.named_buffers())
     return Request(problem, params, loss[0], loss[1], buffers, key)
+
+
+def eval_request(comp: Any, params: Params) -> EvalRequest | None:
+    """The evaluation of ``params`` as an :class:`EvalRequest`, or None where it is done
+    alone (a streamed split; a model that :func:`request` would not stack, said there)."""
+    ev = comp.evaluator
+    splits = ev.splits()
+    if (
+        comp.mode_dependent
+        or comp.model_source != "config"
+        or any(getattr(d, "streamed", False) for *_, d in splits)
+    ):
+        return None
+    inputs = [d.x for *_, d in splits]
+    key = ("evaluate", *_model_key(comp, params), tuple(_shape(x) for x in inputs))
+    buffers = dict(comp.adapter.model.named_buffers())
+    bs = comp.config.run.eval_batch_size
+    return EvalRequest(comp.adapter.forward, params, inputs, bs, buffers, key)
+
+
+def _model_key(comp: Any, whole: Params) -> tuple[Any, ...]:
+    """What makes two paths' networks one function of their weights."""
+    return (
+        comp.config.model.model_dump_json(),
+        tuple((n, tuple(t.shape), t.dtype) for n, t in whole.items()),
+        str(comp.device),
+        comp.dtype,
+    )
+
+
+def _shape(x: Any) -> tuple[Any, ...]:
+    return I.signature(x), I.length(x)
 
 
 def gradients(group: Sequence[Request]) -> list[Given]:
@@ -154,6 +211,32 @@ def gradients(group: Sequence[Request]) -> list[Given]:
     ]
 
 
+def outputs(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
+    """Every request's eval-mode outputs on each of its splits, one vmapped forward per
+    batch of rows for all paths together."""
+    first = group[0]
+    params = {n: torch.stack([r.params[n] for r in group]) for n in first.params}
+    buffers = {n: torch.stack([r.buffers[n] for r in group]) for n in first.buffers}
+    forward = first.forward
+    stacked = torch.func.vmap(lambda p, b, xi: forward({**p, **b}, xi))
+    per_path: list[list[Tensor]] = [[] for _ in group]
+    with torch.no_grad():
+        for s, x0 in enumerate(first.inputs):
+            bs, n = first.batch_size, I.length(x0)
+            out = torch.cat(
+                [
+                    stacked(
+                        params, buffers, _stack([I.narrow(r.inputs[s], i, i + bs) for r in group])
+                    )
+                    for i in range(0, n, bs)
+                ],
+                dim=1,
+            )
+            for k in range(len(group)):
+                per_path[k].append(out[k])
+    return per_path
+
+
 def _stack(parts: list[Any]) -> Any:
     if I.is_mapping(parts[0]):
         return {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
@@ -175,7 +258,8 @@ class Outcome:
 
     value: Any = None
     error: BaseException | None = None
-    stacked: int = 0  # steps computed with other paths'
+    #: how many of its steps ("step") and evaluations ("evaluate") were stacked with others'
+    stacked: dict[str, int] = field(default_factory=dict)
 
 
 def run_together(
@@ -191,11 +275,12 @@ def run_together(
     run directory keeps its last committed chunk. ``on_end(i, outcome)`` hears of each end.
     """
     outcomes: dict[int, Outcome] = {}
-    pending: dict[int, Request] = {}
-    stacked = [0] * len(walks)
-    alone: set[tuple[Any, ...]] = set()  # keys whose stacking failed once
+    pending: dict[int, Any] = {}  # each waiting walk's request
+    started: set[int] = set()
+    stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0} for _ in walks]
+    unstackable: set[tuple[Any, ...]] = set()  # keys whose stacking failed once
 
-    def advance(i: int, answer: Given | None) -> None:
+    def advance(i: int, answer: Any) -> None:
         try:
             pending[i] = walks[i].send(answer) if i in started else next(walks[i])
             started.add(i)
@@ -211,27 +296,30 @@ def run_together(
         if on_end is not None:
             on_end(i, outcome)
 
-    started: set[int] = set()
     try:
         for i in range(len(walks)):
             advance(i, None)
         while pending:
+            # every group advances each round: paths at their steps stack whatever step each
+            # is at, so a path that drifted apart (another chunk length, a rollback) still
+            # stacks its steps; its evaluations stack when they meet the others'
             groups: dict[tuple[Any, ...], list[int]] = {}
             for i, r in pending.items():
                 groups.setdefault(r.key, []).append(i)
             for key, members in groups.items():
-                answers: list[Given | None] = [None] * len(members)
-                if len(members) > 1 and key not in alone:
+                answers: list[Any] = [None] * len(members)
+                if len(members) > 1 and key not in unstackable:
+                    group = [pending[i] for i in members]
                     try:
-                        answers = list(gradients([pending[i] for i in members]))
-                    except Exception as exc:  # vmap's limits: compute these steps alone
-                        alone.add(key)
+                        answers = list(type(group[0]).stacked(group))
+                    except Exception as exc:  # vmap's limits: compute these alone from now on
+                        unstackable.add(key)
                         say(
-                            f"lockstep: {len(members)} paths could not be stacked "
-                            f"({type(exc).__name__}: {exc}); they step one after another"
+                            f"lockstep: {len(members)} paths' {key[0]} could not be stacked "
+                            f"({type(exc).__name__}: {exc}); each computes it alone"
                         )
                 for i, answer in zip(members, answers, strict=True):
-                    stacked[i] += answer is not None
+                    stacked[i][key[0]] += answer is not None
                     advance(i, answer)
     finally:
         for i, walk in enumerate(walks):

@@ -22,7 +22,7 @@ from fipframe.data.memory import Memory
 from fipframe.errors import TraversalError
 from fipframe.traversal.build import Components, Stage, build_stage
 from fipframe.traversal.guard import Guard
-from fipframe.traversal.lockstep import Notes, Request, request
+from fipframe.traversal.lockstep import Notes, Request, eval_request, request
 from fipframe.traversal.progress import Progress, short
 from fipframe.traversal.pruning import Pruner
 from fipframe.traversal.records import TRUNK, Commit, Position, Records, Restart
@@ -246,7 +246,7 @@ class StageLoop:
                         self.position.step = step
                         bar.update(step - bar.n)
                         break  # the stage-end record below carries this chunk
-                    metrics = {**train_metrics, **ev.evaluate(params)}
+                    metrics = {**train_metrics, **(yield from self._evaluate(params))}
                     # every process decides as rank 0 does
                     metrics, ev.majority = ranks.same((metrics, ev.majority))
                     problem_text = guard.accuracy_problem(metrics, ev.majority)
@@ -287,29 +287,40 @@ class StageLoop:
                     text = short(metrics) + (f" | {eta}" if eta else "")
                     bar.set_postfix_str(text)
                     self.progress.chunk(label, step, cfg.steps, text)
-            return self._finish(
-                branch,
-                si,
-                cfg,
-                st,
-                pruner,
-                params,
-                carry,
-                train_metrics,
-                Commit(
+            return (
+                yield from self._finish(
                     branch,
                     si,
-                    cfg.steps,
-                    {},
-                    scale,
-                    rollbacks,
-                    anchor_rel,
-                    True,
-                    anchor_buffers=anchor_buffers,
-                ),
+                    cfg,
+                    st,
+                    pruner,
+                    params,
+                    carry,
+                    train_metrics,
+                    Commit(
+                        branch,
+                        si,
+                        cfg.steps,
+                        {},
+                        scale,
+                        rollbacks,
+                        anchor_rel,
+                        True,
+                        anchor_buffers=anchor_buffers,
+                    ),
+                )
             )
         finally:
             st.close()  # loader workers of streamed data stop here
+
+    def _evaluate(self, params: Params) -> Generator[Any, Any, dict[str, float]]:
+        """The evaluation of ``params``; in lockstep offered for stacking first."""
+        outputs = None
+        if self.notes is not None:
+            offer = eval_request(self.comp, params)
+            if offer is not None:
+                outputs = yield offer
+        return self.comp.evaluator.evaluate(params, logits=outputs)
 
     def _path_before(self, branch: str) -> dict[str, float] | None:
         """The metrics at the end of the path's previous stage (None at the path's start)."""
@@ -366,7 +377,7 @@ class StageLoop:
         carry: dict[str, Tensor],
         train_metrics: dict[str, float],
         done: Commit,
-    ) -> Params:
+    ) -> Generator[Any, Any, Params]:
         """The stage end: objectives record what later stages need, the final hard projection,
         the end point (with carry and buffers) saved, recorded and committed."""
         rec, ev = self.records, self.comp.evaluator
@@ -377,7 +388,7 @@ class StageLoop:
             ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
         if pruner.masks:
             train_metrics.update(pruner.measures(params, st.objectives, 1.0, ev.evaluate))
-        metrics = self.comp.ranks.same({**train_metrics, **ev.evaluate(params)})
+        metrics = self.comp.ranks.same({**train_metrics, **(yield from self._evaluate(params))})
         point = rec.save(branch, si, cfg, cfg.steps, params, tag="end")
         carry_rel = rec.save(branch, si, cfg, cfg.steps, carry, tag="carry") if carry else None
         # the module's buffers (BatchNorm statistics) as they are at this point, for load_into
