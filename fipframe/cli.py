@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_seeds(args)
     if args.baseline:
         raise ConfigError("--baseline goes with --seeds (or `fipframe report RUN RUN ...`)")
+    if args.lockstep:
+        raise ConfigError("--lockstep goes with --seeds (the runs to walk together)")
     if args.resume:
         source, overrides = _split(args)
         if source or args.preset:
@@ -170,6 +172,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else Path("runs") / first.name
     from fipframe.sweep import continue_run
 
+    if args.lockstep:
+        return _run_lockstep(args, root)
     dirs = []
     for i, seed in enumerate(args.seeds):
         out = root / f"seed-{seed}"
@@ -185,6 +189,20 @@ def _run_seeds(args: argparse.Namespace) -> int:
         if status == "done before":
             print(f"   finished before: read back from {out}", file=sys.stderr)
         dirs.append(out)
+    return _compare(dirs, root / "comparison", args.baseline)
+
+
+def _run_lockstep(args: argparse.Namespace, root: Path) -> int:
+    """``--seeds ... --lockstep``: the seeds' runs walked together, then compared."""
+    from fipframe.api import run_lockstep
+
+    dirs = [root / f"seed-{seed}" for seed in args.seeds]
+    print(f"== seeds {' '.join(map(str, args.seeds))} in lockstep: {root}", file=sys.stderr)
+    try:
+        run_lockstep([_load(args, [f"run.seed={seed}"]) for seed in args.seeds], outs=dirs)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return _compare(dirs, root / "comparison", args.baseline)
 
 
@@ -413,6 +431,7 @@ EXAMPLES = {
         "fipframe run --preset split-mnist --out runs/demo",
         "fipframe run my.yaml run.seed=1 branches.fip.0.metric=kl   # overrides",
         "fipframe run my.yaml --seeds 0 1 2 --baseline finetune      # mean ± std",
+        "fipframe run my.yaml --seeds 0 1 2 --lockstep              # the seeds stacked (GPU)",
         "fipframe run --resume runs/demo                             # after Ctrl-C",
         "fipframe run --resume runs/demo branches.fip.0.integrator.lr=1e-4",
     ],
@@ -420,6 +439,7 @@ EXAMPLES = {
         "fipframe sweep my.yaml --seeds 0 1 2 --grid branches.fip.0.integrator.alpha=1,10,100",
         "fipframe sweep --preset split-mnist --seeds 0 1 --workers 2 --threads 1",
         "fipframe sweep my.yaml --seeds 0 1 --grid run.chunk=25,50 --backend ray --gpus-per-run 1",
+        "fipframe sweep my.yaml --seeds 0 1 2 3 --lockstep 4 --workers 1  # 4 seeds stacked (GPU)",
         "fipframe report runs/my-sweep                                 # the summary again",
     ],
     "validate": [
@@ -502,6 +522,12 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", help="with --seeds: the branch others are judged against")
     p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="with --seeds: walk the seeds together in this process, their steps stacked with "
+        "vmap (lockstep paths; pays on a GPU)",
+    )
+    p.add_argument(
         "--nproc",
         type=int,
         metavar="N",
@@ -527,8 +553,8 @@ def parser(pm: Any = None) -> argparse.ArgumentParser:
         "--gpus-per-run",
         type=float,
         default=0.0,
-        help="Ray: GPUs each run asks for (Ray then gives each its own); the local backend "
-        "puts every run on the config's run.device",
+        help="Ray: GPUs each run (each group of --lockstep runs) asks for (Ray then gives each "
+        "its own); the local backend puts every run on the config's run.device",
     )
     p.add_argument(
         "--lockstep",

@@ -354,11 +354,18 @@ def _local(calls: list[tuple], workers: int, done: Done) -> None:
         return
     broken = _pool(calls, list(range(len(calls))), workers, done)
     # a worker died and broke the pool: every group it held or had queued lost its worker.
-    # Each is run again alone, so only the one that kills its worker is reported failed
-    for i in broken:
-        for j in _pool(calls, [i], 1, done):
-            died = "its worker process died (killed, out of memory, a crash)"
-            done(j, _all_failed(calls[j], died))
+    # Each of their runs is run again alone (a finished one is read back), so only the run
+    # that kills its own worker is reported failed
+    died = "its worker process died (killed, out of memory, a crash)"
+    for g in broken:
+        configs, outs, threads = calls[g]
+        results: list[dict[str, Any]] = []
+        for single in [([c], [o], threads) for c, o in zip(configs, outs, strict=True)]:
+            got: list[dict[str, Any]] = []
+            if _pool([single], [0], 1, lambda _, r, got=got: got.extend(r)):
+                got = _all_failed(single, died)
+            results += got
+        done(g, results)
 
 
 def _pool(calls: list[tuple], which: list[int], workers: int, done: Done) -> list[int]:

@@ -57,6 +57,7 @@ class Given:
     :func:`riemannian_gradient` uses it when it is asked for that gradient at that point."""
 
     at: Params  # the very dict the integrator was handed
+    evaluate: Callable[[Params], Terms]  # the problem's own (a changed problem gets its own)
     alpha: float
     reduction: str
     grads: list[Tensor]  # Euclidean, in the order of ``at``
@@ -145,11 +146,8 @@ def riemannian_gradient(
     if (
         given is not None
         and given.at is params
-        and (given.alpha, given.reduction)
-        == (
-            alpha,
-            reduction,
-        )
+        and given.evaluate is problem.evaluate
+        and (given.alpha, given.reduction) == (alpha, reduction)
     ):
         grads, terms, total = given.grads, given.terms, given.total
     else:

@@ -346,11 +346,16 @@ class Traversal:
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.random.get_rng_state(), cuda
+    if device.type == "cuda":
+        return torch.random.get_rng_state(), torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.random.get_rng_state(), torch.mps.get_rng_state()
+    return torch.random.get_rng_state(), None
 
 
 def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
     torch.random.set_rng_state(state[0])
-    if state[1] is not None:
+    if state[1] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state[1], device)
+    elif state[1] is not None and device.type == "mps":
+        torch.mps.set_rng_state(state[1])

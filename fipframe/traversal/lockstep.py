@@ -49,7 +49,8 @@ class Request:
     params: Params  # the point the integrator is handed (the moving parameters)
     alpha: float
     reduction: str
-    buffers: dict[str, Tensor]  # the module's (constant in a stackable step)
+    #: the module's other tensors (frozen parameters, buffers): each path's own, stacked too
+    rest: dict[str, Tensor]
     key: tuple[Any, ...]
 
     @staticmethod
@@ -62,11 +63,11 @@ class EvalRequest:
     """One path's chunk-end evaluation, offered for stacking: its outputs on every val and
     test split (:meth:`Evaluator.splits <fipframe.eval.measure.Evaluator.splits>`)."""
 
-    forward: Callable[[Params, Any], Tensor]
+    adapter: Any  # the path's network (its forward, in eval mode)
     params: Params  # the whole point
     inputs: list[Any]  # every split's inputs
     batch_size: int
-    buffers: dict[str, Tensor]
+    rest: dict[str, Tensor]  # the module's frozen parameters and buffers
     key: tuple[Any, ...]
 
     @staticmethod
@@ -86,10 +87,10 @@ class Notes:
         self.label = f"{label}: " if label else ""
         self.said: set[tuple[str, str]] = set()
 
-    def alone(self, where: str, reason: str) -> None:
+    def alone(self, where: str, reason: str, what: str = "steps") -> None:
         if (where, reason) not in self.said:
             self.said.add((where, reason))
-            self.say(f"lockstep: {self.label}{where}: {reason}; its steps are computed alone")
+            self.say(f"lockstep: {self.label}{where}: {reason}; its {what} are computed alone")
 
 
 def request(
@@ -97,11 +98,11 @@ def request(
 ) -> Request | None:
     """The step as a :class:`Request`, or None (said through ``notes``) if it cannot stack."""
     reason = None
-    loss = integrator.lockstep_loss(problem)
+    loss = integrator.lockstep_loss(problem) if _declares(integrator) else None
     if loss is None:
         reason = (
-            f"integrator {type(integrator).__name__} does not declare lockstep_loss (one "
-            "riemannian_gradient at its point)"
+            f"integrator {type(integrator).__name__} does not declare lockstep_loss beside "
+            "its step (one riemannian_gradient at its point)"
         )
     elif comp.mode_dependent:
         reason = (
@@ -126,26 +127,42 @@ def request(
         _shape(x) if x is not None else None,
         comp.config.run.autocast,
     )
-    buffers = dict(comp.adapter.model.named_buffers())
-    return Request(problem, params, loss[0], loss[1], buffers, key)
+    rest = _rest(comp, problem.split.whole(params))
+    return Request(problem, params, loss[0], loss[1], rest, key)
 
 
-def eval_request(comp: Any, params: Params) -> EvalRequest | None:
+def _declares(integrator: Any) -> bool:
+    """``lockstep_loss`` is declared by the class that defines ``step`` or below it: a plugin
+    that subclasses a built-in and writes its own ``step`` does not inherit the promise."""
+    mro = type(integrator).__mro__
+    step_owner = next(c for c in mro if "step" in c.__dict__)
+    loss_owner = next(c for c in mro if "lockstep_loss" in c.__dict__)
+    return issubclass(loss_owner, step_owner)
+
+
+def eval_request(comp: Any, params: Params, where: str, notes: Notes) -> EvalRequest | None:
     """The evaluation of ``params`` as an :class:`EvalRequest`, or None where it is done
-    alone (a streamed split; a model that :func:`request` would not stack, said there)."""
+    alone (said through ``notes`` where :func:`request` would not say it)."""
     ev = comp.evaluator
     splits = ev.splits()
-    if (
-        comp.mode_dependent
-        or comp.model_source != "config"
-        or any(getattr(d, "streamed", False) for *_, d in splits)
-    ):
+    if comp.mode_dependent or comp.model_source != "config":
+        return None  # said by request()
+    if any(getattr(d, "streamed", False) for *_, d in splits):
+        notes.alone(where, "a split is streamed from disk", "evaluations")
         return None
     inputs = [d.x for *_, d in splits]
-    key = ("evaluate", *_model_key(comp, params), tuple(_shape(x) for x in inputs))
-    buffers = dict(comp.adapter.model.named_buffers())
     bs = comp.config.run.eval_batch_size
-    return EvalRequest(comp.adapter.forward, params, inputs, bs, buffers, key)
+    key = ("evaluate", *_model_key(comp, params), tuple(_shape(x) for x in inputs), bs)
+    return EvalRequest(comp.adapter, params, inputs, bs, _rest(comp, params), key)
+
+
+def _rest(comp: Any, point: Params) -> dict[str, Tensor]:
+    """The path's module tensors outside ``point``: its frozen parameters (which differ between
+    paths with other seeds or ``run.init``) and its buffers."""
+    model = comp.adapter.model
+    rest = {n: t.detach() for n, t in model.named_parameters() if n not in point}
+    rest.update(model.named_buffers())
+    return rest
 
 
 def _model_key(comp: Any, whole: Params) -> tuple[Any, ...]:
@@ -174,14 +191,14 @@ def gradients(group: Sequence[Request]) -> list[Given]:
         for n in first.problem.split.whole({})  # type: ignore[union-attr]
         if n not in stacked
     }
-    buffers = {n: torch.stack([r.buffers[n] for r in group]) for n in first.buffers}
+    rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
     inputs = [r.problem.split.inputs for r in group]  # type: ignore[union-attr]
     out = None
     if inputs[0] is not None:
         forward = first.problem.split.forward  # type: ignore[union-attr]
         x = _stack(inputs)
         out = torch.func.vmap(lambda p, b, xi: forward({**p, **b}, xi))(
-            {**held, **stacked}, buffers, x
+            {**held, **stacked}, rest, x
         )
     results: list[tuple[Terms, Tensor]] = []
     total: Tensor | None = None
@@ -198,6 +215,7 @@ def gradients(group: Sequence[Request]) -> list[Given]:
     return [
         Given(
             r.params,
+            r.problem.evaluate,
             r.alpha,
             r.reduction,
             [
@@ -216,24 +234,31 @@ def outputs(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
     batch of rows for all paths together."""
     first = group[0]
     params = {n: torch.stack([r.params[n] for r in group]) for n in first.params}
-    buffers = {n: torch.stack([r.buffers[n] for r in group]) for n in first.buffers}
-    forward = first.forward
-    stacked = torch.func.vmap(lambda p, b, xi: forward({**p, **b}, xi))
+    rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
+    adapter = first.adapter
+    stacked = torch.func.vmap(lambda p, b, xi: adapter.forward({**p, **b}, xi))
     per_path: list[list[Tensor]] = [[] for _ in group]
-    with torch.no_grad():
-        for s, x0 in enumerate(first.inputs):
-            bs, n = first.batch_size, I.length(x0)
-            out = torch.cat(
-                [
-                    stacked(
-                        params, buffers, _stack([I.narrow(r.inputs[s], i, i + bs) for r in group])
-                    )
-                    for i in range(0, n, bs)
-                ],
-                dim=1,
-            )
-            for k in range(len(group)):
-                per_path[k].append(out[k])
+    was = adapter.model.training
+    adapter.train(False)  # as each path's evaluator does (models here compute alike in both)
+    try:
+        with torch.no_grad():
+            for s, x0 in enumerate(first.inputs):
+                bs, n = first.batch_size, I.length(x0)
+                out = torch.cat(  # the K paths' rows stacked one batch at a time
+                    [
+                        stacked(
+                            params,
+                            rest,
+                            _stack([I.narrow(r.inputs[s], i, i + bs) for r in group]),
+                        )
+                        for i in range(0, n, bs)
+                    ],
+                    dim=1,
+                )
+                for k in range(len(group)):
+                    per_path[k].append(out[k])
+    finally:
+        adapter.train(was)
     return per_path
 
 
@@ -278,7 +303,7 @@ def run_together(
     pending: dict[int, Any] = {}  # each waiting walk's request
     started: set[int] = set()
     stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0} for _ in walks]
-    unstackable: set[tuple[Any, ...]] = set()  # keys whose stacking failed once
+    failures: dict[tuple[Any, ...], int] = {}  # failed stackings per key
 
     def advance(i: int, answer: Any) -> None:
         try:
@@ -308,21 +333,28 @@ def run_together(
                 groups.setdefault(r.key, []).append(i)
             for key, members in groups.items():
                 answers: list[Any] = [None] * len(members)
-                if len(members) > 1 and key not in unstackable:
+                if len(members) > 1 and failures.get(key, 0) < 2:
                     group = [pending[i] for i in members]
                     try:
                         answers = list(type(group[0]).stacked(group))
-                    except Exception as exc:  # vmap's limits: compute these alone from now on
-                        unstackable.add(key)
-                        say(
-                            f"lockstep: {len(members)} paths' {key[0]} could not be stacked "
-                            f"({type(exc).__name__}: {exc}); each computes it alone"
-                        )
+                    except Exception as exc:
+                        # this round each path computes its own: a path's own error (its
+                        # objective, its config) then ends that path alone. Failing twice,
+                        # it is the stacking (vmap's limits): alone from then on
+                        failures[key] = failures.get(key, 0) + 1
+                        if failures[key] == 2:
+                            say(
+                                f"lockstep: {len(members)} paths' {key[0]} could not be "
+                                f"stacked ({type(exc).__name__}: {exc}); each computes it alone"
+                            )
                 for i, answer in zip(members, answers, strict=True):
                     stacked[i][key[0]] += answer is not None
                     advance(i, answer)
     finally:
         for i, walk in enumerate(walks):
             if i not in outcomes:
-                walk.close()  # each run's own cleanup (locks, loggers, loader workers)
+                try:
+                    walk.close()  # each run's own cleanup (locks, loggers, loader workers)
+                except Exception as exc:  # the others still get theirs
+                    say(f"lockstep: closing run {i} failed: {type(exc).__name__}: {exc}")
     return [outcomes[i] for i in range(len(walks))]

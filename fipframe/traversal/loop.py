@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fipframe.core.integrator import Given
 from fipframe.core.params import Params, all_finite
 from fipframe.data.memory import Memory
 from fipframe.errors import TraversalError
 from fipframe.traversal.build import Components, Stage, build_stage
 from fipframe.traversal.guard import Guard
-from fipframe.traversal.lockstep import Notes, Request, eval_request, request
+from fipframe.traversal.lockstep import Notes, eval_request, request
 from fipframe.traversal.progress import Progress, short
 from fipframe.traversal.pruning import Pruner
 from fipframe.traversal.records import TRUNK, Commit, Position, Records, Restart
@@ -75,11 +74,12 @@ class StageLoop:
         *,
         ends: list[tuple[int | None, Params]],
         carry: dict[str, Tensor],
-    ) -> Generator[Request, Given | None, Params]:
+    ) -> Generator[Any, Any, Params]:
         """Run stage ``si`` of ``branch`` from ``params`` (or from ``restart``); its end point.
 
         A generator: in lockstep (``notes`` set) it yields each step it can share as a
-        :class:`~fipframe.traversal.lockstep.Request` and takes the gradient sent back."""
+        :class:`~fipframe.traversal.lockstep.Request` (and each evaluation as an
+        ``EvalRequest``) and takes the gradient (the outputs) sent back."""
         comp, rec, ev = self.comp, self.records, self.comp.evaluator
         ranks = comp.ranks
         buffers = list(comp.adapter.model.buffers())
@@ -246,7 +246,7 @@ class StageLoop:
                         self.position.step = step
                         bar.update(step - bar.n)
                         break  # the stage-end record below carries this chunk
-                    metrics = {**train_metrics, **(yield from self._evaluate(params))}
+                    metrics = {**train_metrics, **(yield from self._evaluate(params, where))}
                     # every process decides as rank 0 does
                     metrics, ev.majority = ranks.same((metrics, ev.majority))
                     problem_text = guard.accuracy_problem(metrics, ev.majority)
@@ -313,11 +313,11 @@ class StageLoop:
         finally:
             st.close()  # loader workers of streamed data stop here
 
-    def _evaluate(self, params: Params) -> Generator[Any, Any, dict[str, float]]:
+    def _evaluate(self, params: Params, where: str) -> Generator[Any, Any, dict[str, float]]:
         """The evaluation of ``params``; in lockstep offered for stacking first."""
         outputs = None
         if self.notes is not None:
-            offer = eval_request(self.comp, params)
+            offer = eval_request(self.comp, params, where, self.notes)
             if offer is not None:
                 outputs = yield offer
         return self.comp.evaluator.evaluate(params, logits=outputs)
@@ -388,7 +388,9 @@ class StageLoop:
             ev.recompute_batchnorm(params, cfg.task, cfg.batch_size)
         if pruner.masks:
             train_metrics.update(pruner.measures(params, st.objectives, 1.0, ev.evaluate))
-        metrics = self.comp.ranks.same({**train_metrics, **(yield from self._evaluate(params))})
+        metrics = self.comp.ranks.same(
+            {**train_metrics, **(yield from self._evaluate(params, f"{branch}/{cfg.name}"))}
+        )
         point = rec.save(branch, si, cfg, cfg.steps, params, tag="end")
         carry_rel = rec.save(branch, si, cfg, cfg.steps, carry, tag="carry") if carry else None
         # the module's buffers (BatchNorm statistics) as they are at this point, for load_into

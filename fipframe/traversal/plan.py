@@ -16,11 +16,9 @@ from typing import Any
 
 from torch import Tensor
 
-from fipframe.core.integrator import Given
 from fipframe.core.params import Params
 from fipframe.data.memory import Memory
 from fipframe.traversal.build import Components
-from fipframe.traversal.lockstep import Request
 from fipframe.traversal.loop import StageLoop
 from fipframe.traversal.records import TRUNK, Records, Restart
 
@@ -57,7 +55,7 @@ class Walk:
         self.records = records
         self.loop = loop
 
-    def run(self, restart: Restart | None) -> Generator[Request, Given | None, None]:
+    def run(self, restart: Restart | None) -> Generator[Any, Any, None]:
         """Walk the plan; a generator of the steps offered for lockstep (see
         :meth:`StageLoop.run`)."""
         comp, ev = self.comp, self.comp.evaluator

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 import fipframe
 from fipframe.api import load_config, run, run_lockstep
@@ -188,3 +189,44 @@ def test_paths_out_of_step_stack_what_they_can():
         # stages meet with other stages' shapes (finetune's batch against fip's batch and
         # stored inputs), so only part of each path stacks: measured 101, 96 and 58 steps
         assert o.stacked["step"] > 40 and o.stacked["evaluate"] > 0
+
+
+def test_run_seeds_in_lockstep_from_the_command_line(tmp_path: Path, capsys):
+    from fipframe.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(configs((0,))[0]))
+    out = tmp_path / "runs"
+    assert main(["run", str(path), "--seeds", "0", "1", "--lockstep", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "natural" in table and (out / "comparison.txt").is_file()
+    for seed in (0, 1):
+        c = configs((seed,))[0]
+        assert largest_gap(run(load_config(c)), RunResult.load(out / f"seed-{seed}")) < 1e-10
+    assert main(["run", str(path), "--lockstep"]) == 2  # nothing to walk together
+    assert "--lockstep goes with --seeds" in capsys.readouterr().err
+
+
+def test_frozen_weights_are_each_paths_own():
+    """Parameters no path moves differ between seeds: each path's forward uses its own."""
+    cs = configs((0, 1), frozen=["1.weight", "1.bias"])
+    alone = [run(load_config(c)) for c in cs]
+    said: list[str] = []
+    got = run_lockstep([load_config(c) for c in cs], say=said.append)
+    assert said == []
+    for a, b in zip(alone, got, strict=True):
+        assert largest_gap(a, b) < 1e-10
+        assert accuracies(a) == accuracies(b)
+
+
+def test_only_a_step_written_beside_its_lockstep_loss_is_stacked():
+    from fipframe.builtin.geometry import Natural
+    from fipframe.builtin.integrators import Gradient, Penalty
+
+    class OwnStep(Penalty):  # a plugin's own step on a built-in's class: not stacked
+        def step(self, params, state, problem, scale=1.0):
+            return super().step(params, state, problem, scale)
+
+    assert lockstep._declares(Gradient(None)) and lockstep._declares(Penalty(None))
+    assert lockstep._declares(Natural(None))
+    assert not lockstep._declares(OwnStep(None))
