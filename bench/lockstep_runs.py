@@ -10,7 +10,8 @@ chunk end). The runs are built first (untimed); then the K walks are timed alone
 another, and K fresh walks through ``fipframe.traversal.lockstep.run_together`` (steps and
 evaluations stacked with vmap), alternating, median of ``--reps``, after an untimed pair
 of runs of each kind. Prints seconds per path
-(total / K), the ratio alone / lockstep (above 1: lockstep pays), how many steps were stacked
+(total / K), the ratio alone / lockstep (above 1: lockstep pays), how many steps and
+evaluations per path were stacked
 and the largest end-point difference between the two ways (``--dtype float64`` for the
 path identity; in float32 Adam turns the other summation order into visible differences).
 """
@@ -105,13 +106,14 @@ def main() -> None:
     args = ap.parse_args()
     print(
         f"# lockstep runs: K seeds of one config (40 + 40 steps, batch 64 + 64 stored, chunk 20)"
-        f", median of {args.reps}; {args.dtype}, device {args.device}, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
+        f", median of {args.reps}; {args.dtype}, device {args.device}, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d')}"
     )
     print(
         f"{'model':<20}{'K':>4}{'alone s/path':>14}{'lockstep s/path':>17}{'ratio':>8}"
-        f"{'stacked steps':>15}{'end gap':>10}"
+        f"{'stacked steps':>15}{'evals':>7}{'end gap':>10}"
     )
     for label in args.models:
         warm = configs(MODELS[label], 2, args.device)  # first calls (kernels, caches) untimed
@@ -128,8 +130,9 @@ def main() -> None:
             a = statistics.median(alone_t) / k
             b = statistics.median(together_t) / k
             steps = sum(o.stacked["step"] for o in outcomes) / k
+            evals = sum(o.stacked["evaluate"] for o in outcomes) / k
             print(
-                f"{label:<20}{k:>4}{a:>14.2f}{b:>17.2f}{a / b:>8.2f}{steps:>15.0f}"
+                f"{label:<20}{k:>4}{a:>14.2f}{b:>17.2f}{a / b:>8.2f}{steps:>15.0f}{evals:>7.0f}"
                 f"{gap(alone, together):>10.1e}",
                 flush=True,
             )

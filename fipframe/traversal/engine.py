@@ -205,6 +205,8 @@ class Traversal:
         records = Records(self.config, rd, self.device, write=ranks.main)
         restart = None
         progress = Progress(self.config.run.progress if ranks.main else "off")
+        if notes is not None:  # runs walking together: lines that name the run, not K bars
+            progress = Progress("lines" if progress.mode == "bar" else progress.mode, notes.label)
         if rd is not None and resume:
             # rank 0 checks the directory and cuts its records back to the checkpoint; the
             # others then read what it left (they write nothing)
@@ -228,7 +230,8 @@ class Traversal:
             world = int(meta.get("world", 1))
             if world != ranks.world:
                 progress.line(
-                    f"note: resumed by {ranks.world} process(es); the run had {world}. The "
+                    f"{progress.prefix}note: resumed by {ranks.world} process(es); the run had "
+                    f"{world}. The "
                     "processes share one global batch, so the path is the same unless the "
                     "model draws random numbers (dropout)"
                 )
@@ -237,7 +240,7 @@ class Traversal:
         if rd is not None:
             records.stamp = {**integrity.stamp(self.config, rid), "world": ranks.world}
             for note in rd.notes:
-                progress.line(f"note: {note}")
+                progress.line(f"{progress.prefix}note: {note}")
             if ranks.main:
                 if restart is not None:
                     self._build_loggers(rd)
@@ -279,7 +282,9 @@ class Traversal:
             raise RunDirError([*problems, f"{rd.root}: cannot resume until these are restored"])
         if changes:
             integrity.record(rd, self.config, meta, changes, overrides, force)
-            progress.line(f"config changed on resume ({len(changes)} fields; {CHANGES})")
+            progress.line(
+                f"{progress.prefix}config changed on resume ({len(changes)} fields; {CHANGES})"
+            )
         return tensors, meta
 
     def _start_dir(self, rd: RunDir) -> str:

@@ -84,6 +84,7 @@ class Notes:
 
     def __init__(self, say: Callable[[str], None] = _stderr, label: str = ""):
         self.say = say
+        self.name = label
         self.label = f"{label}: " if label else ""
         self.said: set[tuple[str, str]] = set()
 

@@ -19,8 +19,11 @@ LINE_SECONDS = 10.0
 
 
 class Progress:
-    def __init__(self, mode: str):
+    """``prefix`` goes before every stage label (which run, when several walk together)."""
+
+    def __init__(self, mode: str, prefix: str = ""):
         self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode == "auto" else mode
+        self.prefix = prefix
         self._last_line = 0.0
         self._total = 0
         self._done: dict[tuple[str, str], int] = {}
@@ -45,7 +48,7 @@ class Progress:
             where = f"branch {self._branches.index(branch) + 1} of {len(self._branches)}"
         else:
             where = "shared stages"
-        return f"{branch}/{stage} [{where}]"
+        return f"{self.prefix}{branch}/{stage} [{where}]"
 
     def advance(self, branch: str, stage: str, step: int) -> str:
         """Record that ``branch/stage`` is at ``step``; the run's share done and ETA, as text."""

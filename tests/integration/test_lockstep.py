@@ -195,11 +195,15 @@ def test_run_seeds_in_lockstep_from_the_command_line(tmp_path: Path, capsys):
     from fipframe.cli import main
 
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(configs((0,))[0]))
+    config = configs((0,))[0]
+    config["run"]["progress"] = "lines"
+    path.write_text(yaml.safe_dump(config))
     out = tmp_path / "runs"
     assert main(["run", str(path), "--seeds", "0", "1", "--lockstep", "--out", str(out)]) == 0
-    table = capsys.readouterr().out
-    assert "natural" in table and (out / "comparison.txt").is_file()
+    said = capsys.readouterr()
+    assert "natural" in said.out and (out / "comparison.txt").is_file()
+    # each run's lines say which run they are about
+    assert f"{out / 'seed-1'}: fip/second [branch 2 of 3] done." in said.err
     for seed in (0, 1):
         c = configs((seed,))[0]
         assert largest_gap(run(load_config(c)), RunResult.load(out / f"seed-{seed}")) < 1e-10
