@@ -199,7 +199,8 @@ def run_lockstep(
 
     A run directory that holds the run of its config already is continued from its
     checkpoint (or read back if it finished), so the same call continues after an
-    interruption. When runs fail, the others still finish; then the first failure is raised.
+    interruption. When runs fail, the others still finish; then the error of the first failed
+    run (in the order given) is raised.
     """
     from fipframe.sweep import open_run
     from fipframe.traversal import lockstep

@@ -89,7 +89,8 @@ class StepProblem:
     #: the loss cut at its forward (None where the step needs another forward, e.g. an
     #: eval-mode one for the stored inputs of a model with BatchNorm or dropout)
     split: Split | None = None
-    #: a gradient computed by lockstep paths, used once by :func:`riemannian_gradient`
+    #: a gradient computed by lockstep paths; :func:`riemannian_gradient` takes it (and sets
+    #: this back to None) when it is asked for that gradient at that point
     given: Given | None = None
 
 
@@ -142,13 +143,14 @@ def riemannian_gradient(
     ``CE_mean + lambda1 * sum_batch D``. Returns the gradient (tangent at ``params``), the terms
     and the detached total loss. Parameters the loss does not reach get a zero gradient.
     """
-    given, problem.given = problem.given, None
+    given = problem.given
     if (
         given is not None
         and given.at is params
         and given.evaluate is problem.evaluate
         and (given.alpha, given.reduction) == (alpha, reduction)
     ):
+        problem.given = None  # taken (the engine checks): used once
         grads, terms, total = given.grads, given.terms, given.total
     else:
         leaves = [p.detach().requires_grad_(True) for p in params.values()]

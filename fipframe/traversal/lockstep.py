@@ -98,26 +98,27 @@ def request(
     comp: Any, integrator: Any, problem: StepProblem, params: Params, where: str, notes: Notes
 ) -> Request | None:
     """The step as a :class:`Request`, or None (said through ``notes``) if it cannot stack."""
-    reason = None
+    reason, what = None, "steps and evaluations"
     loss = integrator.lockstep_loss(problem) if _declares(integrator) else None
-    if loss is None:
-        reason = (
-            f"integrator {type(integrator).__name__} does not declare lockstep_loss beside "
-            "its step (one riemannian_gradient at its point)"
-        )
-    elif comp.mode_dependent:
+    if comp.mode_dependent:
         reason = (
             "the model has dropout or BatchNorm (its training forward draws random numbers or "
             "updates statistics, which are each path's own)"
         )
-    elif problem.split is None:
-        reason = "the step has more than one forward"
-    elif comp.config.run.compile:
-        reason = "run.compile is on (a compiled forward is not vmapped)"
     elif comp.model_source != "config":
         reason = "the model was given from Python (only config models are known to be alike)"
+    elif loss is None:
+        reason, what = (
+            f"integrator {type(integrator).__name__} does not declare lockstep_loss beside "
+            "its step (one riemannian_gradient at its point)",
+            "steps",
+        )
+    elif problem.split is None:
+        reason, what = "the step has more than one forward", "steps"
+    elif comp.config.run.compile:
+        reason, what = "run.compile is on (a compiled forward is not vmapped)", "steps"
     if reason is not None:
-        notes.alone(where, reason)
+        notes.alone(where, reason, what)
         return None
     assert loss is not None and problem.split is not None
     x = problem.split.inputs
@@ -304,7 +305,7 @@ def run_together(
     pending: dict[int, Any] = {}  # each waiting walk's request
     started: set[int] = set()
     stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0} for _ in walks]
-    failures: dict[tuple[Any, ...], int] = {}  # failed stackings per key
+    failures: dict[tuple[Any, ...], int] = {}  # stackings failed in a row, per key
 
     def advance(i: int, answer: Any) -> None:
         try:
@@ -334,23 +335,31 @@ def run_together(
                 groups.setdefault(r.key, []).append(i)
             for key, members in groups.items():
                 answers: list[Any] = [None] * len(members)
+                failed: Exception | None = None
                 if len(members) > 1 and failures.get(key, 0) < 2:
                     group = [pending[i] for i in members]
                     try:
                         answers = list(type(group[0]).stacked(group))
-                    except Exception as exc:
-                        # this round each path computes its own: a path's own error (its
-                        # objective, its config) then ends that path alone. Failing twice,
-                        # it is the stacking (vmap's limits): alone from then on
-                        failures[key] = failures.get(key, 0) + 1
-                        if failures[key] == 2:
-                            say(
-                                f"lockstep: {len(members)} paths' {key[0]} could not be "
-                                f"stacked ({type(exc).__name__}: {exc}); each computes it alone"
-                            )
+                    except Exception as exc:  # this round each path computes its own
+                        failed = exc
                 for i, answer in zip(members, answers, strict=True):
                     stacked[i][key[0]] += answer is not None
                     advance(i, answer)
+                if failed is None and answers[0] is not None:
+                    failures.pop(key, None)
+                elif failed is not None and not any(
+                    i in outcomes and outcomes[i].error for i in members
+                ):
+                    # every path managed alone: it is the stacking (vmap's limits, the
+                    # memory of K paths). Twice in a row: alone from then on. (A path's own
+                    # error ends that path alone, and the others stack again.)
+                    failures[key] = failures.get(key, 0) + 1
+                    if failures[key] == 2:
+                        say(
+                            f"lockstep: {len(members)} paths' {key[0]} could not be stacked "
+                            f"({type(failed).__name__}: {failed}); each computes it alone "
+                            "from now on"
+                        )
     finally:
         for i, walk in enumerate(walks):
             if i not in outcomes:

@@ -178,6 +178,7 @@ class StageLoop:
             )
             sums, count = {}, 0
 
+        offering = True  # steps are offered for stacking (lockstep) until one is not taken
         try:
             self.progress.advance(branch, cfg.name, step)  # the run's clock starts here
             with self.progress.bar(label, cfg.steps, step) as bar:
@@ -192,11 +193,20 @@ class StageLoop:
                     )
                     before = params
                     at = st.part(params)
-                    if self.notes is not None:
+                    offer = None
+                    if self.notes is not None and offering:
                         offer = request(comp, st.integrator, problem, at, where, self.notes)
                         if offer is not None:
                             problem.given = yield offer
                     moved, state, stats = st.integrator.step(at, state, problem, scale)
+                    if offer is not None and problem.given is not None:  # sent, not taken
+                        offering = False
+                        self.notes.alone(  # type: ignore[union-attr]
+                            where,
+                            f"integrator {type(st.integrator).__name__} did not take the "
+                            "stacked gradient (its riemannian_gradient is at another point or "
+                            "weight than its lockstep_loss says)",
+                        )
                     if ranks.parallel and not problem.averaged:
                         _not_averaged(st.integrator, cfg)
                     params = moved if st.moving is None else {**params, **moved}

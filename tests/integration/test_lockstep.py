@@ -234,3 +234,28 @@ def test_only_a_step_written_beside_its_lockstep_loss_is_stacked():
     assert lockstep._declares(Gradient(None)) and lockstep._declares(Penalty(None))
     assert lockstep._declares(Natural(None))
     assert not lockstep._declares(OwnStep(None))
+
+
+class Draws:
+    """A plugin that draws from the global random stream at every chunk end, as a model's
+    dropout or a random augmentation would between steps."""
+
+    def __init__(self):
+        self.seen: dict[int, list[float]] = {}
+
+    @fipframe.hookimpl
+    def fipframe_chunk_end(self, run, step, metrics):
+        self.seen.setdefault(run.config.run.seed, []).append(float(torch.rand(())))
+
+
+def test_interleaved_runs_draw_their_own_random_streams():
+    cs = configs((0, 1, 2))
+    alone = Draws()
+    for c in with_plugin(alone, cs):
+        run(c)
+    together = Draws()
+    got = run_lockstep(with_plugin(together, cs), say=lambda s: None)
+    assert all(o is not None for o in got)
+    assert [len(v) for v in alone.seen.values()] == [12, 12, 12]  # every chunk end
+    assert together.seen == alone.seen
+    assert len({x for v in alone.seen.values() for x in v}) == 36  # the draws differ

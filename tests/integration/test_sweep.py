@@ -131,9 +131,12 @@ def fipframe_traversal_start(run):
 """
 
 
+@pytest.mark.parametrize("lockstep", [1, 2], ids=["alone", "lockstep"])
 def test_a_worker_that_dies_is_a_failed_run_and_the_sweep_reports(
-    tiny, tmp_path, monkeypatch, capsys
+    tiny, tmp_path, monkeypatch, capsys, lockstep
 ):
+    """With --lockstep 2 both runs share the worker that dies; its runs are run again one by
+    one, so only the one that kills its worker fails."""
     from tests.conftest import make_distribution
 
     plugins = tmp_path / "plugins"
@@ -144,7 +147,7 @@ def test_a_worker_that_dies_is_a_failed_run_and_the_sweep_reports(
     path.write_text(yaml.safe_dump(tiny))
     out = tmp_path / "sw"
     code = main(["sweep", str(path), "--grid", "name=ok,crash", "--out", str(out),
-                 "--workers", "2", "--threads", "1"])  # fmt: skip
+                 "--workers", "2", "--threads", "1", "--lockstep", str(lockstep)])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 1
     assert "name=crash/seed-0 failed: its worker process died" in captured.err
