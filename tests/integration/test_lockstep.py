@@ -259,3 +259,15 @@ def test_interleaved_runs_draw_their_own_random_streams():
     assert [len(v) for v in alone.seen.values()] == [12, 12, 12]  # every chunk end
     assert together.seen == alone.seen
     assert len({x for v in alone.seen.values() for x in v}) == 36  # the draws differ
+
+
+def test_the_lockstep_example_keeps_the_old_task(tmp_path: Path):
+    """docs/examples/lockstep_seeds.py at a reduced size: two seeds walked together, each a
+    finished run directory; FIP keeps more of digits 0-4 than fine-tuning on every seed."""
+    from tests.integration.test_integrations import _example
+
+    comparison = _example("lockstep_seeds").main(seeds=[0, 1], steps=120, out=str(tmp_path))
+    assert all((tmp_path / f"seed-{s}" / "summary.json").is_file() for s in (0, 1))
+    for fip, plain in zip(comparison.finals("fip"), comparison.finals("finetune"), strict=True):
+        assert fip[0] > plain[0] + 0.2, (fip, plain)  # task 0 kept
+        assert fip[1] > 0.8 and plain[1] > 0.8  # task 1 learned by both
