@@ -74,3 +74,54 @@ def test_a_traversal_on_the_gpu_learns_what_it_learns_on_the_cpu(tiny, tmp_path)
     for branch, accs in results["cpu"].items():
         for task, acc in accs.items():  # other kernels, other rounding: close, not equal
             assert abs(results["cuda"][branch][task] - acc) < 0.05, (branch, task)
+
+
+def stacked_steps(tiny, device: str, steps: int, no_sync: bool) -> list:
+    """Two seeds' penalty steps stacked by lockstep (as run_together does them), 3 warm-up steps
+    then ``steps`` more, under ``set_sync_debug_mode("error")`` if ``no_sync``."""
+    from fipframe.traversal import lockstep
+
+    pm = make_plugin_manager(entry_points_enabled=False)
+    paths = []
+    for seed in (0, 1):
+        cfg = copy.deepcopy(tiny)
+        cfg["run"].update(device=device, seed=seed)
+        cfg["branches"] = {"p": [{"name": "s", "task": 1, "steps": 100, **STAGES["penalty"]}]}
+        config = load_config(cfg, pm=pm)
+        comp = build_components(config, pm=pm, registry=pm.registry)
+        memory = Memory(60, seed=0)
+        memory.add_task(0, comp.tasks.tasks[0])
+        params = comp.adapter.params()
+        st = build_stage(comp, "p", 0, config.branches["p"][0], params, memory, [], {})
+        paths.append([comp, st, memory, params, st.integrator.init(params)])
+    notes = lockstep.Notes(say=lambda s: pytest.fail(s))
+
+    def step(t: int) -> None:
+        problems = [make_problem(c, st, m, t, t / 100) for c, st, m, _, _ in paths]
+        offers = [
+            lockstep.request(c, st.integrator, pr, p[3], "p/s", notes)
+            for (c, st, *_), pr, p in zip(paths, problems, paths, strict=True)
+        ]
+        for pr, given in zip(problems, lockstep.gradients(offers), strict=True):
+            pr.given = given
+        for p, pr in zip(paths, problems, strict=True):
+            p[3], p[4], _ = p[1].integrator.step(p[3], p[4], pr)
+            assert pr.given is None  # the stacked gradient was taken
+
+    for t in range(3):  # lazy initialisation (kernels, allocator) may sync once
+        step(t)
+    if no_sync:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host sync from here on raises
+    try:
+        for t in range(3, 3 + steps):
+            step(t)
+    finally:
+        if no_sync:
+            torch.cuda.set_sync_debug_mode("default")
+    return [p[3] for p in paths]
+
+
+def test_stacked_lockstep_steps_make_no_host_sync(tiny):
+    points = stacked_steps(tiny, "cuda", 20, no_sync=True)
+    assert all(torch.isfinite(v).all() for p in points for v in p.values())
