@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 
@@ -30,3 +31,11 @@ def interleaved(
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def machine(device: object) -> str:
+    """What a timing ran on, for the bench's header line: device, torch, threads, CPU, date."""
+    return (
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+    )

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from interleave import interleaved
+from interleave import interleaved, machine
 from torch.func import functional_call, stack_module_state, vmap
 
 from fipframe.api import load_config
@@ -119,8 +117,7 @@ def main() -> None:
     dev = torch.device(args.device)
     print(
         f"# lockstep: K paths' steps (batch 128 + 128 stored each), median of {args.reps}; "
-        f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+        f"{machine(dev)}"
     )
     print(f"{'model':<22}{'K':>4}{'separate ms/path':>18}{'stacked ms/path':>17}{'ratio':>8}")
     for label, spec in MODELS.items():

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import torch
+from interleave import machine
 
 from fipframe.api import build, load_config
 from fipframe.traversal import lockstep
@@ -106,10 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     print(
         f"# lockstep runs: K seeds of one config (40 + 40 steps, batch 64 + 64 stored, chunk 20)"
-        f", median of {args.reps}; {args.dtype}, device {args.device}, torch "
-        f"{torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}, "
-        f"{time.strftime('%Y-%m-%d')}"
+        f", median of {args.reps}; {args.dtype}, {machine(args.device)}"
     )
     print(
         f"{'model':<20}{'K':>4}{'alone s/path':>14}{'lockstep s/path':>17}{'ratio':>8}"

@@ -14,12 +14,11 @@ not timed here.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
-from interleave import interleaved
+from interleave import interleaved, machine
 
 from fipframe.api import load_config
 from fipframe.core.integrator import riemannian_gradient
@@ -71,8 +70,7 @@ def main() -> None:
     pm = make_plugin_manager(entry_points_enabled=False)
     print(
         f"# precision: FIP penalty step, batch 128 + 128 stored, {args.steps} steps each; "
-        f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
+        f"{machine(args.device)}"
     )
     print(f"{'model':<22}{'setting':<16}{'ms/step':>9}{'x float32':>10}{'first s':>9}"
           f"{'grad rel. dist.':>17}{'cosine':>9}")  # fmt: skip

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 from typing import Any
 
 import numpy as np
 import torch
-from interleave import interleaved
+from interleave import interleaved, machine
 
 from fipframe.api import load_config
 from fipframe.core.sparsity import (
@@ -137,10 +136,7 @@ def main() -> None:
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     mean = {k: statistics.mean(v) * 1e3 for k, v in times.items()}
     print(f"# sparsity_step: {args.arch}, 128 examples per step, {args.steps} steps each")
-    print(
-        f"# device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}"
-    )
+    print(f"# {machine(dev)}")
     for k in runners:
         print(f"{k:>10}: {med[k]:7.3f} ms/step median, {mean[k]:7.3f} mean")
     ratio = mean["fip"] / mean["finetune"]

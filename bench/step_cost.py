@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 
 import torch
 import torch.nn.functional as F
-from interleave import interleaved
+from interleave import interleaved, machine
 
 from fipframe.api import load_config
 from fipframe.plugins import make_plugin_manager
@@ -134,10 +133,7 @@ def main() -> None:
     times = interleaved(runners, dev, args.warmup, args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"# step_cost: MLP 784-400-400-10, batch 128 + 128 stored, {args.steps} steps each")
-    print(
-        f"# device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}"
-    )
+    print(f"# {machine(dev)}")
     for k, v in med.items():
         print(f"{k:>8}: {v:7.3f} ms/step (median)")
     print(f"fip / replay  = {med['fip'] / med['replay']:.3f}   (target <= 1.15)")

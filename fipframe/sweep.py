@@ -247,7 +247,7 @@ def run_group(configs: list[dict[str, Any]], outs: list[str], threads: int) -> l
     if threads > 0:
         torch.set_num_threads(threads)
     from fipframe.api import load_config
-    from fipframe.traversal.lockstep import Notes, alone, run_together
+    from fipframe.traversal.lockstep import Notes, run_together
 
     t = time.perf_counter()
     results: list[dict[str, Any] | None] = [None] * len(configs)
@@ -263,25 +263,16 @@ def run_group(configs: list[dict[str, Any]], outs: list[str], threads: int) -> l
             continue
         walks.append(walk(Notes(label=out) if len(configs) > 1 else None))
         started.append((i, status))
-    if len(walks) == 1:  # alone: the same as a plain run
-        i, status = started[0]
-        try:
-            alone(walks[0])
-        except Exception as exc:
-            results[i] = _failed(outs[i], exc)
-        else:
-            results[i] = {"out": outs[i], "status": status, "seconds": time.perf_counter() - t}
-    elif walks:
 
-        def ended(j: int, outcome: Any) -> None:
-            i, status = started[j]
-            results[i] = (
-                _failed(outs[i], outcome.error)
-                if outcome.error is not None
-                else {"out": outs[i], "status": status, "seconds": time.perf_counter() - t}
-            )
+    def ended(j: int, outcome: Any) -> None:
+        i, status = started[j]
+        results[i] = (
+            _failed(outs[i], outcome.error)
+            if outcome.error is not None
+            else {"out": outs[i], "status": status, "seconds": time.perf_counter() - t}
+        )
 
-        run_together(walks, on_end=ended)
+    run_together(walks, on_end=ended)  # one walk without notes: a plain run
     return results  # type: ignore[return-value]
 
 
