@@ -2,16 +2,18 @@
 side by side in one process.
 
     python bench/lockstep_runs.py [--device cpu|cuda] [--ks 1 2 4 8] [--reps 2]
+                                  [--rule penalty|natural]
 
 Each run (seeds 0..K-1 of one config): split MNIST 0-1 then 2-3 (2,000 training and 500
-val/test images per task), a 40-step trunk and a 40-step FIP penalty branch (KL, 64 stored
-inputs per step), batch 64, chunks of 20 steps (val and test of both tasks evaluated at every
+val/test images per task), a 40-step trunk and a 40-step FIP branch (KL, 64 stored
+inputs per step; ``--rule natural``: the natural step, CG to 1e-4 with damping 0.1, its
+solves stacked too), batch 64, chunks of 20 steps (val and test of both tasks evaluated at every
 chunk end). The runs are built first (untimed); then the K walks are timed alone one after
 another, and K fresh walks through ``fipframe.traversal.lockstep.run_together`` (steps and
 evaluations stacked with vmap), alternating, median of ``--reps``, after an untimed pair
 of runs of each kind. Prints seconds per path
 (total / K), the ratio alone / lockstep (above 1: lockstep pays), how many steps and
-evaluations per path were stacked
+evaluations (and solves) per path were stacked
 and the largest end-point difference between the two ways (``--dtype float64`` for the
 path identity; in float32 Adam turns the other summation order into visible differences).
 """
@@ -48,13 +50,20 @@ CONFIG = {
                           "integrator": {"kind": "penalty", "lr": 1e-3, "alpha": 5.0},
                           "metric": "kl"}]},
 }  # fmt: skip
+RULES = {
+    "penalty": {"kind": "penalty", "lr": 1e-3, "alpha": 5.0},
+    "natural": {"kind": "natural", "eps": 0.05, "damping": 0.1, "cg_tol": 1e-4},
+}
 
 
-def configs(model: dict, k: int, device: str, dtype: str = "float32") -> list:
+def configs(
+    model: dict, k: int, device: str, dtype: str = "float32", rule: str = "penalty"
+) -> list:
     out = []
     for seed in range(k):
         c = copy.deepcopy(CONFIG)
         c["model"] = model
+        c["branches"]["fip"][0]["integrator"] = RULES[rule]
         c["run"].update(seed=seed, device=device, dtype=dtype)
         out.append(load_config(c))
     return out
@@ -103,21 +112,22 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--rule", default="penalty", choices=list(RULES), help="the branch's step")
     args = ap.parse_args()
     print(
         f"# lockstep runs: K seeds of one config (40 + 40 steps, batch 64 + 64 stored, chunk 20)"
-        f", median of {args.reps}; {args.dtype}, {machine(args.device)}"
+        f", {args.rule} branch, median of {args.reps}; {args.dtype}, {machine(args.device)}"
     )
     print(
         f"{'model':<20}{'K':>4}{'alone s/path':>14}{'lockstep s/path':>17}{'ratio':>8}"
-        f"{'stacked steps':>15}{'evals':>7}{'end gap':>10}"
+        f"{'stacked steps':>15}{'evals':>7}{'solves':>8}{'end gap':>10}"
     )
     for label in args.models:
-        warm = configs(MODELS[label], 2, args.device)  # first calls (kernels, caches) untimed
+        warm = configs(MODELS[label], 2, args.device, rule=args.rule)  # first calls untimed
         time_alone(warm, args.device)
         time_together(warm, args.device)
         for k in args.ks:
-            cs = configs(MODELS[label], k, args.device, args.dtype)
+            cs = configs(MODELS[label], k, args.device, args.dtype, args.rule)
             alone_t, together_t = [], []
             for _ in range(args.reps):
                 ta, alone = time_alone(cs, args.device)
@@ -128,9 +138,10 @@ def main() -> None:
             b = statistics.median(together_t) / k
             steps = sum(o.stacked["step"] for o in outcomes) / k
             evals = sum(o.stacked["evaluate"] for o in outcomes) / k
+            solves = sum(o.stacked["solve"] for o in outcomes) / k
             print(
                 f"{label:<20}{k:>4}{a:>14.2f}{b:>17.2f}{a / b:>8.2f}{steps:>15.0f}{evals:>7.0f}"
-                f"{gap(alone, together):>10.1e}",
+                f"{solves:>8.0f}{gap(alone, together):>10.1e}",
                 flush=True,
             )
 

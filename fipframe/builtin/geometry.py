@@ -28,12 +28,20 @@ from torch import Tensor
 from fipframe.core.configs import PluginConfig, Positive, value_at
 from fipframe.core.integrator import (
     PathIntegrator,
+    SolveSpec,
     State,
     StepProblem,
     riemannian_gradient,
     step_stats,
 )
-from fipframe.core.linalg import MatVec, conjugate_gradient, hutchinson_diag, jacobi, lanczos
+from fipframe.core.linalg import (
+    MatVec,
+    Solve,
+    conjugate_gradient,
+    hutchinson_diag,
+    jacobi,
+    lanczos,
+)
 from fipframe.core.manifold import Euclidean, Manifold
 from fipframe.core.params import Params, ParamSpace
 from fipframe.plugins import hookimpl
@@ -99,8 +107,10 @@ class _Normalised(PathIntegrator):
         state: State,
         problem: StepProblem,
         stats: dict[str, Tensor],
+        grad: Params,
     ) -> Tensor:
-        """The step direction (flat, tangent) for gradient ``b``; may update ``state``/``stats``."""
+        """The step direction (flat, tangent) for gradient ``b`` (``grad`` flattened); may
+        update ``state``/``stats``."""
         raise NotImplementedError
 
     @staticmethod
@@ -128,7 +138,7 @@ class _Normalised(PathIntegrator):
         stats = step_stats(terms, total)
         stats["grad_norm"] = b.norm()
         if problem.stored_forward is not None and problem.metric is not None:
-            d = self.direction(params, b, state, problem, stats)
+            d = self.direction(params, b, state, problem, stats, grad)
         else:  # no stored inputs yet: nothing to protect
             d = b
         d = _tangent(manifold, params, space, d)
@@ -156,6 +166,12 @@ def _tangent(manifold: Manifold, params: Params, space: ParamSpace, v: Tensor) -
 class Natural(_Normalised):
     capabilities = frozenset({"needs_metric", "metric:solve"})
 
+    def lockstep_solve(self, problem: StepProblem) -> SolveSpec | None:
+        cfg = self.config
+        if cfg.preconditioner != "none":  # each path's own diagonal estimate
+            return None
+        return SolveSpec(cfg.damping, cfg.cg_iters, cfg.cg_tol)
+
     def direction(
         self,
         params: Params,
@@ -163,7 +179,20 @@ class Natural(_Normalised):
         state: State,
         problem: StepProblem,
         stats: dict[str, Tensor],
+        grad: Params,
     ) -> Tensor:
+        spec = self.lockstep_solve(problem)
+        solve = problem.take_solve(grad, spec) if spec is not None else None
+        if solve is None:
+            solve = self._solve(params, b, state, problem)
+        theta = solve.x
+        stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
+        stats["cg/iters"] = b.new_tensor(float(solve.iters))
+        stats["cg/residual"] = solve.residual.detach()
+        stats["cg/capped"] = b.new_tensor(0.0 if solve.converged else 1.0)
+        return theta
+
+    def _solve(self, params: Params, b: Tensor, state: State, problem: StepProblem) -> Solve:
         cfg = self.config
         g = self.operator(params, problem)
         precond = None
@@ -179,15 +208,9 @@ class Natural(_Normalised):
                 )
             state["precond_age"] = age + 1
             precond = state["precond"]
-        solve = conjugate_gradient(
+        return conjugate_gradient(
             g, b, damping=cfg.damping, iters=cfg.cg_iters, tol=cfg.cg_tol, precond=precond
         )
-        theta = solve.x
-        stats["cos_natural_grad"] = (theta @ b) / (theta.norm() * b.norm() + 1e-30)
-        stats["cg/iters"] = b.new_tensor(float(solve.iters))
-        stats["cg/residual"] = solve.residual.detach()
-        stats["cg/capped"] = b.new_tensor(0.0 if solve.converged else 1.0)
-        return theta
 
 
 class Projected(_Normalised):
@@ -200,6 +223,7 @@ class Projected(_Normalised):
         state: State,
         problem: StepProblem,
         stats: dict[str, Tensor],
+        grad: Params,
     ) -> Tensor:
         age = int(state.get("age", -1))
         if age < 0 or age >= self.config.refresh:

@@ -81,8 +81,13 @@ def metric_vp(
     v: Params,
     output_hvp: Callable[[Tensor, Tensor], Tensor],
     mode: ProductMode = "forward",
+    paths: bool = False,
 ) -> Params:
     """``g v = mean_x J_x^T H_x J_x v`` for ``forward(params) -> logits [N, ...]``.
+
+    With ``paths``, the leading axis of ``params``, ``v`` and the outputs ``[K, N, ...]`` is a
+    path axis (lockstep paths, ``forward`` vmapped over it): each path's product with its own
+    vector, ``g_k v_k``, for all K in one pass.
 
     Three ways to get ``J v``, all matrix-free (docs/benchmarks.md has their costs):
 
@@ -110,6 +115,20 @@ def metric_vp(
         raise ValueError(f"mode must be one of {', '.join(PRODUCT_MODES)}; got {mode!r}")
     if mode != "reverse":
         _load_forward_decompositions()
+    if paths:  # under vmap a module cannot see that its weights need gradients
+        with composite_attention():
+            return _metric_vp(forward, params, v, output_hvp, mode, paths)
+    return _metric_vp(forward, params, v, output_hvp, mode, paths)
+
+
+def _metric_vp(
+    forward: Callable[[Params], Tensor],
+    params: Params,
+    v: Params,
+    output_hvp: Callable[[Tensor, Tensor], Tensor],
+    mode: ProductMode,
+    paths: bool,
+) -> Params:
     names = list(params.keys())
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     if mode == "forward":
@@ -133,7 +152,11 @@ def metric_vp(
             used = [(g, v[n]) for n, g in zip(names, jtu, strict=True) if g is not None]
             (jv,) = torch.autograd.grad([g for g, _ in used], u, [t for _, t in used])
             del jtu, used, u
-    hu = output_hvp(out.detach(), jv.detach()) / out.shape[0]
+    z, jv = out.detach(), jv.detach()
+    if paths:  # per sample over every path's samples; the mean over each path's own
+        hu = output_hvp(z.flatten(0, 1), jv.flatten(0, 1)).view_as(z) / z.shape[1]
+    else:
+        hu = output_hvp(z, jv) / z.shape[0]
     # a plain one-shot pullback (a backward pass: the attention kernel choice was made when the
     # graph was recorded): torch.func.vjp keeps its graph for repeated pullbacks, which
     # measured 1.2-2x more peak memory

@@ -42,13 +42,38 @@ class Split:
 
     ``terms(p, forward(p, inputs))`` is ``evaluate`` at the whole point ``p``
     (``whole(moving)`` adds the parameters the stage holds fixed); ``inputs`` is None for a
-    step without a forward (``terms`` then gets None).
+    step without a forward (``terms`` then gets None). ``stored`` is the step's stored inputs,
+    those ``StepProblem.stored_forward`` closes over (None without them).
     """
 
     inputs: Any
     forward: Callable[[Params, Any], Tensor]
     terms: Callable[[Params, Tensor | None], Terms]
     whole: Callable[[Params], Params]
+    stored: Any = None
+
+
+@dataclass(frozen=True)
+class SolveSpec:
+    """A solve a step rule makes at each step, declared by
+    :meth:`PathIntegrator.lockstep_solve`: ``(P g P + damping I) x = b`` for ``b`` the flat
+    Riemannian gradient it takes (``P`` the tangent projection at the point), by unpreconditioned
+    conjugate gradients to relative residual ``tol`` in at most ``iters`` iterations."""
+
+    damping: float
+    iters: int
+    tol: float
+
+
+@dataclass
+class Solved:
+    """A solve computed for the step elsewhere (stacked with other paths'): for the
+    Riemannian gradient ``rgrad`` (the very dict :func:`riemannian_gradient` returned) under
+    ``spec``. Taken by :meth:`StepProblem.take_solve`."""
+
+    rgrad: Params
+    spec: SolveSpec
+    solve: Any  # a fipframe.core.linalg.Solve
 
 
 @dataclass
@@ -63,6 +88,10 @@ class Given:
     grads: list[Tensor]  # Euclidean, in the order of ``at``
     terms: Terms
     total: Tensor
+    #: the Riemannian gradient of ``grads`` at ``at`` and its solve, where the step declared
+    #: one (:meth:`PathIntegrator.lockstep_solve`) and it was stacked too
+    rgrad: Params | None = None
+    solved: Solved | None = None
 
 
 @dataclass
@@ -92,6 +121,17 @@ class StepProblem:
     #: a gradient computed by lockstep paths; :func:`riemannian_gradient` takes it (and sets
     #: this back to None) when it is asked for that gradient at that point
     given: Given | None = None
+    #: the solve that came with the given gradient, until :meth:`take_solve` takes it
+    solved: Solved | None = None
+
+    def take_solve(self, rgrad: Params, spec: SolveSpec) -> Any:
+        """The :class:`~fipframe.core.linalg.Solve` computed for ``rgrad`` under ``spec`` by
+        lockstep paths, or None (solve it yourself). Taken once."""
+        solved = self.solved
+        if solved is None or solved.rgrad is not rgrad or solved.spec != spec:
+            return None
+        self.solved = None
+        return solved.solve
 
 
 class PathIntegrator(ABC):
@@ -117,6 +157,13 @@ class PathIntegrator(ABC):
         ``riemannian_gradient(params, problem, alpha, reduction)`` at the point it is handed;
         paths run in lockstep then compute that gradient for several paths at once. None (the
         default): the step is computed alone."""
+        return None
+
+    def lockstep_solve(self, problem: StepProblem) -> SolveSpec | None:
+        """The solve ``step`` makes with the gradient of :meth:`lockstep_loss`, if it asks
+        :meth:`StepProblem.take_solve` for it before solving; lockstep paths then solve it
+        for several paths at once (one stacked metric product per CG iteration). None (the
+        default): the step solves alone, if it solves."""
         return None
 
     @abstractmethod
@@ -152,6 +199,11 @@ def riemannian_gradient(
     ):
         problem.given = None  # taken (the engine checks): used once
         grads, terms, total = given.grads, given.terms, given.total
+        if given.rgrad is not None and problem.average is None:
+            problem.solved = given.solved
+            if problem.gradient_sink is not None:
+                problem.gradient_sink(given.rgrad)
+            return given.rgrad, terms, total.detach()
     else:
         leaves = [p.detach().requires_grad_(True) for p in params.values()]
         terms = problem.evaluate(like(params, leaves))

@@ -7,7 +7,7 @@ device; the only host syncs are the convergence checks of CG.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +140,63 @@ def conjugate_gradient(
     if stop is not None and not converged:
         converged = bool(r @ r <= stop)
     return Solve(x, used, residual, converged)
+
+
+def conjugate_gradients(
+    matvec: Callable[[Tensor, Tensor | None], Tensor],
+    b: Tensor,
+    *,
+    damping: Sequence[float],
+    iters: Sequence[int],
+    tol: Sequence[float],
+) -> list[Solve]:
+    """K independent solves ``(A_k + damping_k I) x_k = b_k`` at once: ``b`` is [K, P] and
+    ``matvec(v, rows)`` maps the vectors ``v`` [R, P] of the systems ``rows`` (a tensor of
+    indices, the same object until the set changes; None for all K in order) to their
+    products ``A_k v_k``, stacked (one product for all).
+
+    Each row runs :func:`conjugate_gradient`'s iteration (unpreconditioned) and stops where it
+    would alone: at relative residual ``tol_k`` or after ``iters_k`` iterations. A row that
+    stopped leaves the stacked vectors, so the products (and the vector work) go on for the rows
+    still running only. Row ``k`` is the solve of system ``k`` alone, to rounding. One host sync
+    per iteration, for all rows together.
+    """
+    k, dtype, device = b.shape[0], b.dtype, b.device
+    tiny = torch.finfo(dtype).tiny
+    b_norm = b.norm(dim=1)
+    lam = torch.tensor(list(damping), dtype=dtype, device=device)[:, None]
+    cap = torch.tensor(list(iters), device=device)
+    stop = (torch.tensor(list(tol), dtype=dtype, device=device) * b_norm).square()
+    out_x, out_rr = torch.zeros_like(b), torch.zeros(k, dtype=dtype, device=device)
+    used, converged = list(iters), [False] * k
+    rows: list[int] = list(range(k))  # the systems still running, in the stacked order
+    index: Tensor | None = None  # their indices on the device (None: all K)
+    x, r, p = torch.zeros_like(b), b.clone(), b.clone()
+    rr = (r * r).sum(1)
+    for i in range(max(iters) + 1):
+        ok = rr <= stop
+        flags = torch.stack([ok | (cap <= i), ok]).tolist()  # the one sync of the iteration
+        if any(flags[0]):
+            keep = [j for j, done in enumerate(flags[0]) if not done]
+            for j, (done, reached) in enumerate(zip(*flags, strict=True)):
+                if done:
+                    used[rows[j]], converged[rows[j]] = i, reached
+                    out_x[rows[j]], out_rr[rows[j]] = x[j], rr[j]
+            if not keep:
+                break
+            at = torch.tensor(keep, device=device)
+            x, r, p, rr, lam, cap, stop = (t[at] for t in (x, r, p, rr, lam, cap, stop))
+            rows = [rows[j] for j in keep]
+            index = torch.tensor(rows, device=device)
+        ap = matvec(p, index) + lam * p
+        step = (rr / (p * ap).sum(1).clamp_min(tiny))[:, None]
+        x = x + step * p
+        r = r - step * ap
+        rr_new = (r * r).sum(1)
+        p = r + (rr_new / rr.clamp_min(tiny))[:, None] * p
+        rr = rr_new
+    residual = out_rr.sqrt() / b_norm.clamp_min(tiny)
+    return [Solve(out_x[j], used[j], residual[j], converged[j]) for j in range(k)]
 
 
 def jacobi(diag: Tensor, damping: float) -> Tensor:

@@ -50,6 +50,17 @@ class Metric(ABC):
         mode = getattr(self.config, "product", "forward")
         return metric_vp(forward, params, v, self.output_hvp, mode)
 
+    def mvp_paths(self, forward: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
+        """:meth:`mvp` for K lockstep paths at once: ``params`` and ``v`` carry a leading path
+        axis and ``forward`` maps them to outputs ``[K, N, ...]``; row k is ``g_k v_k``.
+
+        Lockstep paths use it for their solves only where the class that defines :meth:`mvp`
+        defines this too (a metric with its own product must say how to stack it), and share
+        one instance's :meth:`output_hvp` among paths whose metric configs are equal.
+        """
+        mode = getattr(self.config, "product", "forward")
+        return metric_vp(forward, params, v, self.output_hvp, mode, paths=True)
+
     def operator(
         self, forward: Callable[[Params], Tensor], params: Params
     ) -> Callable[[Tensor], Tensor]:

@@ -14,9 +14,13 @@ together (same model config and parameter shapes, same input shapes, dtype and d
 ``torch.func.vmap`` over a path axis, computes them for all at once (a step's gradients in one
 forward and one backward; an evaluation's outputs batch by batch) and hands each walk its own
 part (:class:`~fipframe.core.integrator.Given`; the outputs, counted by the path's own
-evaluator). The rest of a step (the optimiser, a natural step's solves and its metric
-products), the chunk's path measures, records, checkpoints and rollbacks stay each path's own,
-so a path walks what it walks alone, to float tolerance.
+evaluator). A step rule that declares its solve (:meth:`PathIntegrator.lockstep_solve
+<fipframe.core.integrator.PathIntegrator.lockstep_solve>`, the natural step) gets it solved for
+all paths at once too: conjugate gradients on the K systems together, one stacked
+metric-vector product per iteration, each path stopping where it would alone. The rest of a
+step (the optimiser, momentum, the projected step's Lanczos), the chunk's path measures,
+records, checkpoints and rollbacks stay each path's own, so a path walks what it walks alone,
+to float tolerance.
 
 A step that cannot be stacked is computed where it is, and its path goes on alone until it can
 be again; each reason is said once per stage (:class:`Notes`).
@@ -32,8 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fipframe.core.integrator import Given, StepProblem, Terms, weighted_total
-from fipframe.core.params import Params
+from fipframe.core.integrator import Given, Solved, SolveSpec, StepProblem, Terms, weighted_total
+from fipframe.core.linalg import conjugate_gradients
+from fipframe.core.manifold import Euclidean
+from fipframe.core.params import Params, ParamSpace, like
 from fipframe.data import inputs as I
 
 #: what a walk yields (a Request or EvalRequest) and is sent back (the gradient or outputs, or
@@ -52,10 +58,16 @@ class Request:
     #: the module's other tensors (frozen parameters, buffers): each path's own, stacked too
     rest: dict[str, Tensor]
     key: tuple[Any, ...]
+    #: the solve the step makes with the gradient (stacked too), and the path's network
+    solve: SolveSpec | None = None
+    adapter: Any = None
 
     @staticmethod
     def stacked(group: Sequence[Request]) -> list[Given]:
-        return gradients(group)
+        given = gradients(group)
+        if group[0].solve is not None:  # the key holds it: all of the group or none
+            solves(group, given)
+        return given
 
 
 @dataclass
@@ -95,11 +107,18 @@ class Notes:
 
 
 def request(
-    comp: Any, integrator: Any, problem: StepProblem, params: Params, where: str, notes: Notes
+    comp: Any,
+    integrator: Any,
+    problem: StepProblem,
+    params: Params,
+    where: str,
+    notes: Notes,
+    solves: bool = True,
 ) -> Request | None:
-    """The step as a :class:`Request`, or None (said through ``notes``) if it cannot stack."""
+    """The step as a :class:`Request`, or None (said through ``notes``) if it cannot stack.
+    ``solves``: offer the step's solve for stacking too, where it declares one."""
     reason, what = None, "steps and evaluations"
-    loss = integrator.lockstep_loss(problem) if _declares(integrator) else None
+    loss = integrator.lockstep_loss(problem) if _declares(integrator, "lockstep_loss") else None
     if comp.mode_dependent:
         reason = (
             "the model has dropout or BatchNorm (its training forward draws random numbers or "
@@ -130,16 +149,47 @@ def request(
         comp.config.run.autocast,
     )
     rest = _rest(comp, problem.split.whole(params))
-    return Request(problem, params, loss[0], loss[1], rest, key)
+    spec = _solve_spec(integrator, problem, where, notes) if solves else None
+    if spec is not None:
+        metric = problem.metric
+        config = getattr(metric, "config", None)
+        key += (
+            "solve",
+            f"{type(metric).__module__}.{type(metric).__qualname__}",
+            config.model_dump_json() if hasattr(config, "model_dump_json") else repr(config),
+            _shape(problem.split.stored),
+        )
+    return Request(problem, params, loss[0], loss[1], rest, key, spec, comp.adapter)
 
 
-def _declares(integrator: Any) -> bool:
-    """``lockstep_loss`` is declared by the class that defines ``step`` or below it: a plugin
-    that subclasses a built-in and writes its own ``step`` does not inherit the promise."""
-    mro = type(integrator).__mro__
-    step_owner = next(c for c in mro if "step" in c.__dict__)
-    loss_owner = next(c for c in mro if "lockstep_loss" in c.__dict__)
-    return issubclass(loss_owner, step_owner)
+def _solve_spec(integrator: Any, problem: StepProblem, where: str, notes: Notes) -> Any:
+    """The solve the step declares and lockstep paths can stack, or None."""
+    if not _declares(integrator, "lockstep_solve"):
+        return None
+    spec = integrator.lockstep_solve(problem)
+    metric = problem.metric
+    if spec is None or metric is None or problem.stored_forward is None:
+        return None  # no solve this step (a stage without stored inputs steps without one)
+    if problem.split is None or problem.split.stored is None:
+        return None
+    if not _declares(metric, "mvp_paths", base="mvp"):
+        notes.alone(
+            where,
+            f"metric {type(metric).__name__} has its own mvp but no mvp_paths (how to stack it)",
+            "solves",
+        )
+        return None
+    return spec
+
+
+def _declares(obj: Any, promise: str, base: str = "step") -> bool:
+    """``promise`` is declared by the class that defines ``base`` or below it: a plugin that
+    subclasses a built-in and writes its own ``step`` (or a metric its own ``mvp``) does not
+    inherit the promise."""
+    mro = type(obj).__mro__
+    base_owner = next(c for c in mro if base in c.__dict__)
+    promise_owner = next((c for c in mro if promise in c.__dict__), None)
+    return promise_owner is not None and issubclass(promise_owner, base_owner)
 
 
 def eval_request(comp: Any, params: Params, where: str, notes: Notes) -> EvalRequest | None:
@@ -231,6 +281,82 @@ def gradients(group: Sequence[Request]) -> list[Given]:
     ]
 
 
+def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
+    """Every request's declared solve for its Riemannian gradient, by conjugate gradients on
+    the K systems at once (:func:`~fipframe.core.linalg.conjugate_gradients`): one
+    metric-vector product per iteration for the paths still solving, the stored forward
+    vmapped over them. Each path's gradient and solve go into its :class:`Given`."""
+    first = group[0]
+    names, k = list(first.params), len(group)
+    space = ParamSpace.of(first.params)
+    rgrads = [
+        r.problem.manifold.egrad2rgrad(r.params, like(r.params, g.grads))
+        for r, g in zip(group, given, strict=True)
+    ]
+    b = torch.stack([space.flatten(rg) for rg in rgrads])
+    point = {n: torch.stack([r.params[n].detach() for r in group]) for n in names}
+    wholes = [r.problem.split.whole({}) for r in group]  # type: ignore[union-attr]
+    held = {n: torch.stack([w[n] for w in wholes]) for n in wholes[0] if n not in point}
+    rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
+    stored = _stack([r.problem.split.stored for r in group])  # type: ignore[union-attr]
+    adapter = first.adapter
+    metric = first.problem.metric
+    assert metric is not None
+    euclidean = all(isinstance(r.problem.manifold, Euclidean) for r in group)
+
+    picked: dict[str, Any] = {"rows": None, "of": (point, held, rest, stored)}
+
+    def matvec(v: Tensor, rows: Tensor | None) -> Tensor:
+        """``P g P v`` for the paths ``rows`` (None: all), each at its own point."""
+        if rows is not picked["rows"]:  # the paths still solving changed: pick theirs once
+            picked["rows"] = rows
+            picked["of"] = (
+                *({n: t[rows] for n, t in d.items()} for d in (point, held, rest)),
+                I.take(stored, rows),
+            )
+        at, hk, bk, xs = picked["of"]
+
+        def forward(p: Params) -> Tensor:  # each path's outputs on its own stored inputs
+            return torch.func.vmap(lambda pk, h, c, x: adapter.forward({**h, **pk, **c}, x))(
+                p, hk, bk, xs
+            )
+
+        def tangent(u: Tensor) -> Tensor:  # P at each path's point, as its own operator has
+            if euclidean:
+                return u
+            which = range(k) if rows is None else rows.tolist()
+            return torch.stack(
+                [
+                    space.flatten(
+                        group[j].problem.manifold.proju(group[j].params, space.unflatten(uj))
+                    )
+                    for j, uj in zip(which, u, strict=True)
+                ]
+            )
+
+        n = k if rows is None else rows.numel()
+        chunks = torch.split(tangent(v), list(space.numels), dim=1)
+        vs = {m: c.reshape(n, *s) for m, c, s in zip(names, chunks, space.shapes, strict=True)}
+        gv = metric.mvp_paths(forward, at, vs)
+        return tangent(torch.cat([gv[m].reshape(n, -1) for m in names], dim=1))
+
+    specs = [r.solve for r in group]
+    was = adapter.model.training
+    adapter.train(False)  # as each path's stored forward does
+    try:
+        done = conjugate_gradients(
+            matvec,
+            b,
+            damping=[s.damping for s in specs],  # type: ignore[union-attr]
+            iters=[s.iters for s in specs],  # type: ignore[union-attr]
+            tol=[s.tol for s in specs],  # type: ignore[union-attr]
+        )
+    finally:
+        adapter.train(was)
+    for g, rgrad, spec, solve in zip(given, rgrads, specs, done, strict=True):
+        g.rgrad, g.solved = rgrad, Solved(rgrad, spec, solve)  # type: ignore[arg-type]
+
+
 def outputs(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
     """Every request's eval-mode outputs on each of its splits, one vmapped forward per
     batch of rows for all paths together."""
@@ -285,7 +411,8 @@ class Outcome:
 
     value: Any = None
     error: BaseException | None = None
-    #: how many of its steps ("step") and evaluations ("evaluate") were stacked with others'
+    #: how many of its steps ("step"), their solves ("solve") and its evaluations
+    #: ("evaluate") were stacked with others'
     stacked: dict[str, int] = field(default_factory=dict)
 
 
@@ -304,7 +431,7 @@ def run_together(
     outcomes: dict[int, Outcome] = {}
     pending: dict[int, Any] = {}  # each waiting walk's request
     started: set[int] = set()
-    stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0} for _ in walks]
+    stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0, "solve": 0} for _ in walks]
     failures: dict[tuple[Any, ...], int] = {}  # stackings failed in a row, per key
 
     def advance(i: int, answer: Any) -> None:
@@ -344,6 +471,7 @@ def run_together(
                         failed = exc
                 for i, answer in zip(members, answers, strict=True):
                     stacked[i][key[0]] += answer is not None
+                    stacked[i]["solve"] += getattr(answer, "solved", None) is not None
                     advance(i, answer)
                 if failed is None and answers[0] is not None:
                     failures.pop(key, None)

@@ -179,6 +179,7 @@ class StageLoop:
             sums, count = {}, 0
 
         offering = True  # steps are offered for stacking (lockstep) until one is not taken
+        solving = True  # and their declared solves, likewise
         try:
             self.progress.advance(branch, cfg.name, step)  # the run's clock starts here
             with self.progress.bar(label, cfg.steps, step) as bar:
@@ -195,7 +196,9 @@ class StageLoop:
                     at = st.part(params)
                     offer = None
                     if self.notes is not None and offering:
-                        offer = request(comp, st.integrator, problem, at, where, self.notes)
+                        offer = request(
+                            comp, st.integrator, problem, at, where, self.notes, solving
+                        )
                         if offer is not None:
                             problem.given = yield offer
                     moved, state, stats = st.integrator.step(at, state, problem, scale)
@@ -206,6 +209,15 @@ class StageLoop:
                             f"integrator {type(st.integrator).__name__} did not take the "
                             "stacked gradient (its riemannian_gradient is at another point or "
                             "weight than its lockstep_loss says)",
+                        )
+                    elif offer is not None and problem.solved is not None:  # solve not taken
+                        solving = False
+                        self.notes.alone(  # type: ignore[union-attr]
+                            where,
+                            f"integrator {type(st.integrator).__name__} did not take the "
+                            "stacked solve (StepProblem.take_solve with the gradient it was "
+                            "given and the SolveSpec its lockstep_solve says)",
+                            "solves",
                         )
                     if ranks.parallel and not problem.averaged:
                         _not_averaged(st.integrator, cfg)

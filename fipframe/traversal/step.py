@@ -143,7 +143,7 @@ def make_problem(
         stored_forward if mem_x is not None else None,
         sink.append if sink is not None else None,
         ranks.mean if ranks.parallel else None,
-        split=Split(everything, forward, terms, whole) if one_forward else None,
+        split=Split(everything, forward, terms, whole, mem_x) if one_forward else None,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -16,8 +16,11 @@ import yaml
 
 import fipframe
 from fipframe.api import load_config, run, run_lockstep
+from fipframe.builtin.geometry import Natural, NaturalConfig
+from fipframe.builtin.metrics import KL, KLConfig
 from fipframe.eval.results import RunResult
 from fipframe.plugins import make_plugin_manager
+from fipframe.registry import Spec
 from fipframe.sweep import execute, prepare
 from fipframe.traversal import lockstep
 from fipframe.traversal.artifact import CHECKPOINT
@@ -76,7 +79,11 @@ def test_stacked_paths_walk_what_they_walk_alone():
         s["steps"] for s in [cs[0]["stages"][0]] + [b[0] for b in cs[0]["branches"].values()]
     )
     evaluations = steps // cs[0]["run"]["chunk"]  # every chunk end, the stage ends among them
-    assert [o.stacked for o in outcomes] == [{"step": steps, "evaluate": evaluations}] * 3
+    # the natural branch's solves too (its stage has stored inputs at every step)
+    solves = cs[0]["branches"]["natural"][0]["steps"]
+    assert [o.stacked for o in outcomes] == [
+        {"step": steps, "evaluate": evaluations, "solve": solves}
+    ] * 3
     for a, o in zip(alone, outcomes, strict=True):
         b = o.value
         assert largest_gap(a, b) < 1e-10
@@ -224,16 +231,88 @@ def test_frozen_weights_are_each_paths_own():
 
 
 def test_only_a_step_written_beside_its_lockstep_loss_is_stacked():
-    from fipframe.builtin.geometry import Natural
     from fipframe.builtin.integrators import Gradient, Penalty
 
     class OwnStep(Penalty):  # a plugin's own step on a built-in's class: not stacked
         def step(self, params, state, problem, scale=1.0):
             return super().step(params, state, problem, scale)
 
-    assert lockstep._declares(Gradient(None)) and lockstep._declares(Penalty(None))
-    assert lockstep._declares(Natural(None))
-    assert not lockstep._declares(OwnStep(None))
+    class OwnSolve(Natural):  # a plugin's own direction: its solve is still declared
+        def direction(self, *args):
+            return super().direction(*args)
+
+    def loss(x):
+        return lockstep._declares(x, "lockstep_loss")
+
+    def solve(x):
+        return lockstep._declares(x, "lockstep_solve")
+
+    assert loss(Gradient(None)) and loss(Penalty(None)) and loss(Natural(None))
+    assert not loss(OwnStep(None)) and not solve(OwnStep(None)) and not solve(Penalty(None))
+    assert solve(Natural(None)) and solve(OwnSolve(None))
+
+
+class OwnKL(KL):  # a metric with its own product and no word on stacking it
+    def mvp(self, forward, params, v):
+        return super().mvp(forward, params, v)
+
+
+class IgnoresSolve(Natural):  # declares its solve, then always solves alone
+    def direction(self, params, b, state, problem, stats, grad):
+        return super().direction(params, b, state, problem, stats, {})
+
+
+class OwnSolvers:
+    @fipframe.hookimpl
+    def fipframe_register_metrics(self):
+        class Config(KLConfig):
+            kind: Literal["own_kl"] = "own_kl"  # type: ignore[assignment]
+
+        return [Spec("own_kl", Config, OwnKL, "KL with its own mvp")]
+
+    @fipframe.hookimpl
+    def fipframe_register_integrators(self):
+        class Config(NaturalConfig):
+            kind: Literal["ignores_solve"] = "ignores_solve"  # type: ignore[assignment]
+
+        return [Spec("ignores_solve", Config, IgnoresSolve, "natural, solving alone")]
+
+
+def test_solves_that_cannot_stack_are_solved_alone_and_said():
+    assert lockstep._declares(KL(None), "mvp_paths", base="mvp")
+    assert not lockstep._declares(OwnKL(None), "mvp_paths", base="mvp")
+    cs = configs((0, 1))
+    for c in cs:
+        c["branches"]["natural"][0]["metric"] = "own_kl"
+        other = copy.deepcopy(c["branches"]["natural"][0])
+        other["metric"], other["integrator"]["kind"] = "kl", "ignores_solve"
+        c["branches"]["ignores"] = [other]
+    pm = make_plugin_manager(plugins=[OwnSolvers()], entry_points_enabled=False)
+    loaded = [load_config(c, pm=pm) for c in cs]
+    alone = [run(c) for c in loaded]
+    said: list[str] = []
+    walks = [
+        fipframe.api.build(c).walk(notes=lockstep.Notes(said.append, f"run {i}"))
+        for i, c in enumerate(loaded)
+    ]
+    outcomes = lockstep.run_together(walks, say=said.append)
+    for a, o in zip(alone, outcomes, strict=True):
+        assert largest_gap(a, o.value) < 1e-10
+        assert o.stacked["solve"] == 1  # offered once to the step that then did not take it
+        assert o.stacked["step"] == 150  # the gradients still stack
+    assert sorted(said) == sorted(
+        [
+            f"lockstep: run {i}: natural/second: metric OwnKL has its own mvp but no "
+            "mvp_paths (how to stack it); its solves are computed alone"
+            for i in (0, 1)
+        ]
+        + [
+            f"lockstep: run {i}: ignores/second: integrator IgnoresSolve did not take the "
+            "stacked solve (StepProblem.take_solve with the gradient it was given and the "
+            "SolveSpec its lockstep_solve says); its solves are computed alone"
+            for i in (0, 1)
+        ]
+    )
 
 
 class Draws:

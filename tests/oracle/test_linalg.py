@@ -8,6 +8,7 @@ import torch
 from fipframe.core.functional import dense_metric
 from fipframe.core.linalg import (
     conjugate_gradient,
+    conjugate_gradients,
     hutchinson_diag,
     hutchinson_trace,
     jacobi,
@@ -73,6 +74,47 @@ def test_conjugate_gradient_solves_the_damped_system():
     # stopped by the cap before the tolerance: not converged, residual above it
     short = conjugate_gradient(lambda v: a @ v, b, damping=0.1, iters=3, tol=1e-12)
     assert not short.converged and short.iters == 3 and short.residual.item() > 1e-12
+
+
+def test_stacked_cg_stops_each_system_where_it_stops_alone():
+    """Lockstep paths solve K systems together; each row must be its solve alone: the same
+    iterate, iteration count, residual and converged flag, with its own damping, tolerance
+    and cap (row 2 is cut by its cap, row 3 converges at once on b = 0)."""
+    # eigenvalues spread evenly over [0, 1], no clusters: CG's iterates are stable to rounding
+    # (near-equal eigenvalues or a large condition number amplify the rounding of different
+    # but equivalent arithmetic until iterates and counts differ, by about the tolerance)
+    g = torch.Generator().manual_seed(5)
+    ops = []
+    for _ in range(4):
+        q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
+        ops.append(q @ torch.diag(torch.linspace(0, 1, 40, dtype=torch.float64)) @ q.T)
+    b = torch.randn(4, 40, generator=g, dtype=torch.float64)
+    b[3] = 0.0
+    damping, tol, iters = [0.1, 0.3, 0.05, 0.1], [1e-10, 1e-6, 1e-12, 1e-8], [200, 300, 5, 50]
+    asked: list[list[int]] = []
+
+    def matvec(v, rows):
+        rows = list(range(4)) if rows is None else rows.tolist()
+        asked.append(rows)
+        return torch.stack([ops[j] @ vk for j, vk in zip(rows, v, strict=True)])
+
+    together = conjugate_gradients(
+        matvec,
+        b,
+        damping=damping,
+        iters=iters,
+        tol=tol,
+    )
+    for a, bk, lam, t, cap, got in zip(ops, b, damping, tol, iters, together, strict=True):
+        want = conjugate_gradient(lambda v, a=a: a @ v, bk, damping=lam, iters=cap, tol=t)
+        assert (got.iters, got.converged) == (want.iters, want.converged)
+        torch.testing.assert_close(got.x, want.x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got.residual, want.residual, rtol=1e-6, atol=1e-12)
+    assert [s.converged for s in together] == [True, True, False, True]
+    assert together[2].iters == 5 and together[3].iters == 0
+    assert 0 < together[1].iters < together[0].iters  # each stopped at its own count
+    # products only for the rows still running: each row's own count of them
+    assert [sum(j in a for a in asked) for j in range(4)] == [s.iters for s in together]
 
 
 def test_jacobi_preconditioned_cg_reaches_the_same_solution_in_fewer_iterations():

@@ -84,6 +84,32 @@ def test_every_product_mode_matches_the_oracle(mode, kind, model):
     check_metric(spec.factory(spec.config(product=mode)), forward, params)
 
 
+@pytest.mark.parametrize(
+    ("model", "kind", "mode"),
+    [(m[0], "kl", "forward") for m in MODELS]
+    + [("mlp", k, "forward") for k in METRICS]
+    + [("cnn", k, mode) for k in ("l2", "kl", "bhattacharyya") for mode in ("fused", "reverse")],
+)
+def test_stacked_products_are_each_paths_own(model, kind, mode):
+    """``mvp_paths`` (lockstep paths' solves) at K points at once: row k is ``g_k v_k``."""
+    _, forward, params = next(m for m in MODELS if m[0] == model)
+    spec = REGISTRY.spec("metric", kind)
+    metric = spec.factory(spec.config() if mode == "forward" else spec.config(product=mode))
+    g = torch.Generator().manual_seed(1)
+
+    def noise(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(3, *t.shape, generator=g, dtype=t.dtype)
+
+    points = {n: t + 0.3 * noise(t) for n, t in params.items()}  # three paths apart
+    vs = {n: noise(t) for n, t in params.items()}
+    stacked = metric.mvp_paths(torch.func.vmap(forward), points, vs)
+    for k in range(3):
+        at, v = ({n: t[k] for n, t in d.items()} for d in (points, vs))
+        alone = metric.mvp(forward, at, v)
+        for n in params:
+            torch.testing.assert_close(stacked[n][k], alone[n], rtol=1e-9, atol=1e-12)
+
+
 def test_forward_products_print_no_torch_internal_warning():
     """The first dual-number product of a process loads torch's forward-AD decompositions,
     which go through the deprecated torch.jit.script; users must not see that warning."""
