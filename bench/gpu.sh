@@ -12,7 +12,8 @@ out="bench/gpu-$(date +%Y%m%d-%H%M).txt"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   for bench in "step_cost.py --steps 300" "metric_cost.py --reps 20" "metric_peers.py --reps 20" \
                "sparsity_step.py" "data_cost.py" "diversity_cost.py --reps 20" \
-               "precision.py --steps 30" "lockstep.py --reps 10" "lockstep_runs.py --reps 1 --ks 1 8"; do
+               "precision.py --steps 30" "lockstep.py --reps 10" "lockstep_runs.py --reps 1 --ks 1 8" \
+               "lockstep_runs.py --reps 1 --ks 8 --rule natural"; do
     echo; echo "== python bench/$bench --device cuda"
     timeout 150 "$PY" bench/$bench --device cuda || echo "(exit $?)"
   done

@@ -167,6 +167,10 @@ class Natural(_Normalised):
     capabilities = frozenset({"needs_metric", "metric:solve"})
 
     def lockstep_solve(self, problem: StepProblem) -> SolveSpec | None:
+        return self._spec()
+
+    def _spec(self) -> SolveSpec | None:
+        """The solve :meth:`_solve` makes, where lockstep paths can make it instead."""
         cfg = self.config
         if cfg.preconditioner != "none":  # each path's own diagonal estimate
             return None
@@ -181,7 +185,7 @@ class Natural(_Normalised):
         stats: dict[str, Tensor],
         grad: Params,
     ) -> Tensor:
-        spec = self.lockstep_solve(problem)
+        spec = self._spec()  # what it solves alone, whatever a subclass declares
         solve = problem.take_solve(grad, spec) if spec is not None else None
         if solve is None:
             solve = self._solve(params, b, state, problem)

@@ -74,6 +74,12 @@ class Solved:
     rgrad: Params
     spec: SolveSpec
     solve: Any  # a fipframe.core.linalg.Solve
+    #: each tensor of ``rgrad`` as it was solved for (a step that changed one gets no solve)
+    tensors: tuple[tuple[int, int], ...] = ()
+
+    @staticmethod
+    def of(rgrad: Params) -> tuple[tuple[int, int], ...]:
+        return tuple((id(t), t._version) for t in rgrad.values())
 
 
 @dataclass
@@ -128,7 +134,12 @@ class StepProblem:
         """The :class:`~fipframe.core.linalg.Solve` computed for ``rgrad`` under ``spec`` by
         lockstep paths, or None (solve it yourself). Taken once."""
         solved = self.solved
-        if solved is None or solved.rgrad is not rgrad or solved.spec != spec:
+        if (
+            solved is None
+            or solved.rgrad is not rgrad
+            or solved.spec != spec
+            or solved.tensors != Solved.of(rgrad)
+        ):
             return None
         self.solved = None
         return solved.solve

@@ -156,7 +156,9 @@ def conjugate_gradients(
     products ``A_k v_k``, stacked (one product for all).
 
     Each row runs :func:`conjugate_gradient`'s iteration (unpreconditioned) and stops where it
-    would alone: at relative residual ``tol_k`` or after ``iters_k`` iterations. A row that
+    would alone: at relative residual ``tol_k`` or after ``iters_k`` iterations (the sums are
+    taken in another order, so a residual within rounding of ``tol_k`` may stop one iteration
+    earlier or later; rounding grows on ill-conditioned systems). A row that
     stopped leaves the stacked vectors, so the products (and the vector work) go on for the rows
     still running only. Row ``k`` is the solve of system ``k`` alone, to rounding. One host sync
     per iteration, for all rows together.
@@ -196,7 +198,7 @@ def conjugate_gradients(
         p = r + (rr_new / rr.clamp_min(tiny))[:, None] * p
         rr = rr_new
     residual = out_rr.sqrt() / b_norm.clamp_min(tiny)
-    return [Solve(out_x[j], used[j], residual[j], converged[j]) for j in range(k)]
+    return [Solve(out_x[j].clone(), used[j], residual[j], converged[j]) for j in range(k)]
 
 
 def jacobi(diag: Tensor, damping: float) -> Tensor:

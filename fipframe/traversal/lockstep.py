@@ -58,15 +58,30 @@ class Request:
     #: the module's other tensors (frozen parameters, buffers): each path's own, stacked too
     rest: dict[str, Tensor]
     key: tuple[Any, ...]
-    #: the solve the step makes with the gradient (stacked too), and the path's network
+    #: the solve the step makes with the gradient (stacked too, with the requests of equal
+    #: ``solve_key`` among those whose gradients stack), and the path's network
     solve: SolveSpec | None = None
+    solve_key: tuple[Any, ...] | None = None
     adapter: Any = None
 
     @staticmethod
-    def stacked(group: Sequence[Request]) -> list[Given]:
+    def stacked(group: Sequence[Request], trouble: Trouble) -> list[Given]:
         given = gradients(group)
-        if group[0].solve is not None:  # the key holds it: all of the group or none
-            solves(group, given)
+        kinds: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(group):
+            if r.solve_key is not None and not trouble.given_up(r.solve_key):
+                kinds.setdefault(r.solve_key, []).append(i)
+        for key, members in kinds.items():
+            if len(members) < 2:
+                continue  # a solve alone is the path's own
+            try:
+                solves([group[i] for i in members], [given[i] for i in members])
+            except Exception as exc:  # vmap's limits, the memory of K graphs: solved alone
+                for i in members:
+                    given[i].rgrad = given[i].solved = None
+                trouble.failed(key, exc, len(members))
+            else:
+                trouble.managed(key)
         return given
 
 
@@ -83,8 +98,31 @@ class EvalRequest:
     key: tuple[Any, ...]
 
     @staticmethod
-    def stacked(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
+    def stacked(group: Sequence[EvalRequest], trouble: Trouble) -> list[list[Tensor]]:
         return outputs(group)
+
+
+class Trouble:
+    """Stackings that failed in a row, per key: twice, and that key is computed alone from
+    then on (said once)."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.count: dict[tuple[Any, ...], int] = {}
+
+    def given_up(self, key: tuple[Any, ...]) -> bool:
+        return self.count.get(key, 0) >= 2
+
+    def failed(self, key: tuple[Any, ...], exc: BaseException, paths: int) -> None:
+        self.count[key] = self.count.get(key, 0) + 1
+        if self.count[key] == 2:
+            self.say(
+                f"lockstep: {paths} paths' {key[0]} could not be stacked "
+                f"({type(exc).__name__}: {exc}); each computes it alone from now on"
+            )
+
+    def managed(self, key: tuple[Any, ...]) -> None:
+        self.count.pop(key, None)
 
 
 def _stderr(text: str) -> None:
@@ -150,21 +188,23 @@ def request(
     )
     rest = _rest(comp, problem.split.whole(params))
     spec = _solve_spec(integrator, problem, where, notes) if solves else None
-    if spec is not None:
+    solve_key = None
+    if spec is not None:  # solves stack among the steps that stack whose metrics are alike
         metric = problem.metric
         config = getattr(metric, "config", None)
-        key += (
+        solve_key = (
             "solve",
+            *key[1:],
             f"{type(metric).__module__}.{type(metric).__qualname__}",
             config.model_dump_json() if hasattr(config, "model_dump_json") else repr(config),
             _shape(problem.split.stored),
         )
-    return Request(problem, params, loss[0], loss[1], rest, key, spec, comp.adapter)
+    return Request(problem, params, loss[0], loss[1], rest, key, spec, solve_key, comp.adapter)
 
 
 def _solve_spec(integrator: Any, problem: StepProblem, where: str, notes: Notes) -> Any:
     """The solve the step declares and lockstep paths can stack, or None."""
-    if not _declares(integrator, "lockstep_solve"):
+    if not _declares(integrator, "lockstep_solve", INTEGRATOR_SOLVE):
         return None
     spec = integrator.lockstep_solve(problem)
     metric = problem.metric
@@ -172,24 +212,33 @@ def _solve_spec(integrator: Any, problem: StepProblem, where: str, notes: Notes)
         return None  # no solve this step (a stage without stored inputs steps without one)
     if problem.split is None or problem.split.stored is None:
         return None
-    if not _declares(metric, "mvp_paths", base="mvp"):
+    if not _declares(metric, "mvp_paths", METRIC_PRODUCT):
         notes.alone(
             where,
-            f"metric {type(metric).__name__} has its own mvp but no mvp_paths (how to stack it)",
+            f"metric {type(metric).__name__} has its own mvp or operator but no mvp_paths "
+            "(how to stack it)",
             "solves",
         )
         return None
     return spec
 
 
-def _declares(obj: Any, promise: str, base: str = "step") -> bool:
-    """``promise`` is declared by the class that defines ``base`` or below it: a plugin that
-    subclasses a built-in and writes its own ``step`` (or a metric its own ``mvp``) does not
-    inherit the promise."""
+#: what a step rule's solve is made of (a subclass writing one of them writes its own solve)
+INTEGRATOR_SOLVE = ("step", "direction", "operator", "_solve")
+#: what a metric's product is made of (``output_hvp`` is used by the stacked product as well)
+METRIC_PRODUCT = ("mvp", "operator")
+
+
+def _declares(obj: Any, promise: str, bases: Sequence[str] = ("step",)) -> bool:
+    """``promise`` is declared by a class at or below every class that defines one of
+    ``bases``: a plugin that subclasses a built-in and writes its own ``step`` (or its own
+    solve, or a metric its own ``mvp``) does not inherit the promise."""
     mro = type(obj).__mro__
-    base_owner = next(c for c in mro if base in c.__dict__)
     promise_owner = next((c for c in mro if promise in c.__dict__), None)
-    return promise_owner is not None and issubclass(promise_owner, base_owner)
+    if promise_owner is None:
+        return False
+    owners = [next((c for c in mro if b in c.__dict__), None) for b in bases]
+    return all(o is None or issubclass(promise_owner, o) for o in owners)
 
 
 def eval_request(comp: Any, params: Params, where: str, notes: Notes) -> EvalRequest | None:
@@ -304,17 +353,18 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
     assert metric is not None
     euclidean = all(isinstance(r.problem.manifold, Euclidean) for r in group)
 
-    picked: dict[str, Any] = {"rows": None, "of": (point, held, rest, stored)}
+    picked: dict[str, Any] = {"rows": None, "of": (point, held, rest, stored), "which": range(k)}
 
     def matvec(v: Tensor, rows: Tensor | None) -> Tensor:
         """``P g P v`` for the paths ``rows`` (None: all), each at its own point."""
         if rows is not picked["rows"]:  # the paths still solving changed: pick theirs once
-            picked["rows"] = rows
+            picked["rows"], picked["which"] = rows, rows.tolist()  # type: ignore[union-attr]
             picked["of"] = (
                 *({n: t[rows] for n, t in d.items()} for d in (point, held, rest)),
-                I.take(stored, rows),
+                I.take(stored, rows),  # type: ignore[arg-type]
             )
         at, hk, bk, xs = picked["of"]
+        which = picked["which"]
 
         def forward(p: Params) -> Tensor:  # each path's outputs on its own stored inputs
             return torch.func.vmap(lambda pk, h, c, x: adapter.forward({**h, **pk, **c}, x))(
@@ -324,7 +374,6 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
         def tangent(u: Tensor) -> Tensor:  # P at each path's point, as its own operator has
             if euclidean:
                 return u
-            which = range(k) if rows is None else rows.tolist()
             return torch.stack(
                 [
                     space.flatten(
@@ -334,7 +383,7 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
                 ]
             )
 
-        n = k if rows is None else rows.numel()
+        n = len(which)
         chunks = torch.split(tangent(v), list(space.numels), dim=1)
         vs = {m: c.reshape(n, *s) for m, c, s in zip(names, chunks, space.shapes, strict=True)}
         gv = metric.mvp_paths(forward, at, vs)
@@ -354,7 +403,7 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
     finally:
         adapter.train(was)
     for g, rgrad, spec, solve in zip(given, rgrads, specs, done, strict=True):
-        g.rgrad, g.solved = rgrad, Solved(rgrad, spec, solve)  # type: ignore[arg-type]
+        g.rgrad, g.solved = rgrad, Solved(rgrad, spec, solve, Solved.of(rgrad))  # type: ignore[arg-type]
 
 
 def outputs(group: Sequence[EvalRequest]) -> list[list[Tensor]]:
@@ -432,7 +481,7 @@ def run_together(
     pending: dict[int, Any] = {}  # each waiting walk's request
     started: set[int] = set()
     stacked: list[dict[str, int]] = [{"step": 0, "evaluate": 0, "solve": 0} for _ in walks]
-    failures: dict[tuple[Any, ...], int] = {}  # stackings failed in a row, per key
+    trouble = Trouble(say)  # stackings failed in a row, per key
 
     def advance(i: int, answer: Any) -> None:
         try:
@@ -463,10 +512,10 @@ def run_together(
             for key, members in groups.items():
                 answers: list[Any] = [None] * len(members)
                 failed: Exception | None = None
-                if len(members) > 1 and failures.get(key, 0) < 2:
+                if len(members) > 1 and not trouble.given_up(key):
                     group = [pending[i] for i in members]
                     try:
-                        answers = list(type(group[0]).stacked(group))
+                        answers = list(type(group[0]).stacked(group, trouble))
                     except Exception as exc:  # this round each path computes its own
                         failed = exc
                 for i, answer in zip(members, answers, strict=True):
@@ -474,20 +523,14 @@ def run_together(
                     stacked[i]["solve"] += getattr(answer, "solved", None) is not None
                     advance(i, answer)
                 if failed is None and answers[0] is not None:
-                    failures.pop(key, None)
+                    trouble.managed(key)
                 elif failed is not None and not any(
                     i in outcomes and outcomes[i].error for i in members
                 ):
                     # every path managed alone: it is the stacking (vmap's limits, the
                     # memory of K paths). Twice in a row: alone from then on. (A path's own
                     # error ends that path alone, and the others stack again.)
-                    failures[key] = failures.get(key, 0) + 1
-                    if failures[key] == 2:
-                        say(
-                            f"lockstep: {len(members)} paths' {key[0]} could not be stacked "
-                            f"({type(failed).__name__}: {failed}); each computes it alone "
-                            "from now on"
-                        )
+                    trouble.failed(key, failed, len(members))
     finally:
         for i, walk in enumerate(walks):
             if i not in outcomes:

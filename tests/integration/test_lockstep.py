@@ -18,6 +18,7 @@ import fipframe
 from fipframe.api import load_config, run, run_lockstep
 from fipframe.builtin.geometry import Natural, NaturalConfig
 from fipframe.builtin.metrics import KL, KLConfig
+from fipframe.core.integrator import SolveSpec
 from fipframe.eval.results import RunResult
 from fipframe.plugins import make_plugin_manager
 from fipframe.registry import Spec
@@ -237,19 +238,58 @@ def test_only_a_step_written_beside_its_lockstep_loss_is_stacked():
         def step(self, params, state, problem, scale=1.0):
             return super().step(params, state, problem, scale)
 
-    class OwnSolve(Natural):  # a plugin's own direction: its solve is still declared
+    class OwnSolve(Natural):  # a plugin's own direction (it may change b): not stacked
         def direction(self, *args):
             return super().direction(*args)
+
+    class OwnOperator(Natural):  # its own operator: not stacked
+        @staticmethod
+        def operator(params, problem):
+            return Natural.operator(params, problem)
+
+    class Declares(OwnSolve):  # until it declares the solve again
+        def lockstep_solve(self, problem):
+            return super().lockstep_solve(problem)
 
     def loss(x):
         return lockstep._declares(x, "lockstep_loss")
 
     def solve(x):
-        return lockstep._declares(x, "lockstep_solve")
+        return lockstep._declares(x, "lockstep_solve", lockstep.INTEGRATOR_SOLVE)
 
     assert loss(Gradient(None)) and loss(Penalty(None)) and loss(Natural(None))
     assert not loss(OwnStep(None)) and not solve(OwnStep(None)) and not solve(Penalty(None))
-    assert solve(Natural(None)) and solve(OwnSolve(None))
+    assert solve(Natural(None)) and solve(Declares(None))
+    assert not solve(OwnSolve(None)) and not solve(OwnOperator(None))
+
+
+def test_solves_on_a_manifold_with_held_weights_stack_among_alike_metrics():
+    """Sphere-constrained weights (the tangent projection at each path's own point), the
+    first layer held, a damping per path, and one path with another metric: every gradient
+    stacks, the solves of the two alike metrics stack, and every path walks what it walks
+    alone."""
+    cs = configs((0, 1, 2))
+    for c, damping, metric in zip(cs, (0.1, 0.3, 0.1), ("kl", "kl", "bhattacharyya"), strict=True):
+        for name in ("finetune", "fip"):
+            c["branches"].pop(name)
+        c["manifold"] = {
+            "kind": "product",
+            "groups": [{"params": ["*.weight"], "manifold": "sphere"}],
+        }
+        natural = c["branches"]["natural"][0]
+        natural.update(holds=["1.*"], metric=metric)
+        natural["integrator"]["damping"] = damping
+    alone = [run(load_config(c)) for c in cs]
+    said: list[str] = []
+    walks = [fipframe.api.build(load_config(c)).walk(notes=lockstep.Notes(said.append)) for c in cs]
+    outcomes = lockstep.run_together(walks, say=said.append)
+    assert said == []
+    steps = cs[0]["stages"][0]["steps"] + cs[0]["branches"]["natural"][0]["steps"]
+    assert [o.stacked["step"] for o in outcomes] == [steps] * 3
+    solves = cs[0]["branches"]["natural"][0]["steps"]
+    assert [o.stacked["solve"] for o in outcomes] == [solves, solves, 0]
+    for a, o in zip(alone, outcomes, strict=True):
+        assert largest_gap(a, o.value) < 1e-10
 
 
 class OwnKL(KL):  # a metric with its own product and no word on stacking it
@@ -257,9 +297,15 @@ class OwnKL(KL):  # a metric with its own product and no word on stacking it
         return super().mvp(forward, params, v)
 
 
-class IgnoresSolve(Natural):  # declares its solve, then always solves alone
-    def direction(self, params, b, state, problem, stats, grad):
-        return super().direction(params, b, state, problem, stats, {})
+class BrokenPaths(KL):  # declares a stacked product that fails (vmap's limits, memory)
+    def mvp_paths(self, forward, params, v):
+        raise RuntimeError("no batching rule")
+
+
+class IgnoresSolve(Natural):  # declares a solve (twice the damping) other than its own
+    def lockstep_solve(self, problem):
+        spec = super().lockstep_solve(problem)
+        return SolveSpec(2 * spec.damping, spec.iters, spec.tol)
 
 
 class OwnSolvers:
@@ -268,7 +314,13 @@ class OwnSolvers:
         class Config(KLConfig):
             kind: Literal["own_kl"] = "own_kl"  # type: ignore[assignment]
 
-        return [Spec("own_kl", Config, OwnKL, "KL with its own mvp")]
+        class Broken(KLConfig):
+            kind: Literal["broken_paths"] = "broken_paths"  # type: ignore[assignment]
+
+        return [
+            Spec("own_kl", Config, OwnKL, "KL with its own mvp"),
+            Spec("broken_paths", Broken, BrokenPaths, "KL whose stacked product fails"),
+        ]
 
     @fipframe.hookimpl
     def fipframe_register_integrators(self):
@@ -279,14 +331,18 @@ class OwnSolvers:
 
 
 def test_solves_that_cannot_stack_are_solved_alone_and_said():
-    assert lockstep._declares(KL(None), "mvp_paths", base="mvp")
-    assert not lockstep._declares(OwnKL(None), "mvp_paths", base="mvp")
+    product = lockstep.METRIC_PRODUCT
+    assert lockstep._declares(KL(None), "mvp_paths", product)
+    assert not lockstep._declares(OwnKL(None), "mvp_paths", product)
     cs = configs((0, 1))
     for c in cs:
         c["branches"]["natural"][0]["metric"] = "own_kl"
         other = copy.deepcopy(c["branches"]["natural"][0])
         other["metric"], other["integrator"]["kind"] = "kl", "ignores_solve"
         c["branches"]["ignores"] = [other]
+        broken = copy.deepcopy(c["branches"]["natural"][0])
+        broken["metric"] = "broken_paths"
+        c["branches"]["broken"] = [broken]
     pm = make_plugin_manager(plugins=[OwnSolvers()], entry_points_enabled=False)
     loaded = [load_config(c, pm=pm) for c in cs]
     alone = [run(c) for c in loaded]
@@ -299,11 +355,11 @@ def test_solves_that_cannot_stack_are_solved_alone_and_said():
     for a, o in zip(alone, outcomes, strict=True):
         assert largest_gap(a, o.value) < 1e-10
         assert o.stacked["solve"] == 1  # offered once to the step that then did not take it
-        assert o.stacked["step"] == 150  # the gradients still stack
+        assert o.stacked["step"] == 180  # the gradients still stack
     assert sorted(said) == sorted(
         [
-            f"lockstep: run {i}: natural/second: metric OwnKL has its own mvp but no "
-            "mvp_paths (how to stack it); its solves are computed alone"
+            f"lockstep: run {i}: natural/second: metric OwnKL has its own mvp or operator but "
+            "no mvp_paths (how to stack it); its solves are computed alone"
             for i in (0, 1)
         ]
         + [
@@ -311,6 +367,10 @@ def test_solves_that_cannot_stack_are_solved_alone_and_said():
             "stacked solve (StepProblem.take_solve with the gradient it was given and the "
             "SolveSpec its lockstep_solve says); its solves are computed alone"
             for i in (0, 1)
+        ]
+        + [  # tried twice, then alone for good
+            "lockstep: 2 paths' solve could not be stacked (RuntimeError: no batching rule); "
+            "each computes it alone from now on"
         ]
     )
 
