@@ -20,7 +20,7 @@ to the plain normalised gradient when a stage has no stored inputs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from torch import Tensor
@@ -29,6 +29,7 @@ from fipframe.core.configs import PluginConfig, Positive, value_at
 from fipframe.core.integrator import (
     PathIntegrator,
     SolveSpec,
+    SpectrumSpec,
     State,
     StepProblem,
     riemannian_gradient,
@@ -166,7 +167,7 @@ def _tangent(manifold: Manifold, params: Params, space: ParamSpace, v: Tensor) -
 class Natural(_Normalised):
     capabilities = frozenset({"needs_metric", "metric:solve"})
 
-    def lockstep_solve(self, problem: StepProblem) -> SolveSpec | None:
+    def lockstep_solve(self, params: Params, state: State, problem: StepProblem) -> Any:
         return self._spec()
 
     def _spec(self) -> SolveSpec | None:
@@ -220,6 +221,19 @@ class Natural(_Normalised):
 class Projected(_Normalised):
     capabilities = frozenset({"needs_metric", "metric:spectrum"})
 
+    def lockstep_solve(self, params: Params, state: State, problem: StepProblem) -> Any:
+        return self._spec(params, state)
+
+    def _spec(self, params: Params, state: State) -> SpectrumSpec | None:
+        """The Lanczos run of this step (None between refreshes)."""
+        age = int(state.get("age", -1))
+        if 0 <= age < self.config.refresh:
+            return None
+        size = sum(t.numel() for t in params.values())
+        k = min(self.config.rank, size)
+        # a new start vector at every refresh
+        return SpectrumSpec(k, self.config.lanczos_iters, int(state.get("draws", 0)))
+
     def direction(
         self,
         params: Params,
@@ -231,10 +245,13 @@ class Projected(_Normalised):
     ) -> Tensor:
         age = int(state.get("age", -1))
         if age < 0 or age >= self.config.refresh:
-            g = self.operator(params, problem)
-            k = min(self.config.rank, b.numel())
-            draws = int(state.get("draws", 0))  # a new start vector at every refresh
-            eig = lanczos(g, b.numel(), k, iters=self.config.lanczos_iters, like=b, seed=draws)
+            spec = self._spec(params, state)
+            assert spec is not None
+            eig = problem.take_spectrum(params, spec)
+            if eig is None:
+                g = self.operator(params, problem)
+                eig = lanczos(g, b.numel(), spec.k, iters=spec.iters, like=b, seed=spec.seed)
+            draws = spec.seed
             state["basis"], state["values"], state["draws"], age = (
                 eig.vectors,
                 eig.values,

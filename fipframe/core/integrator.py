@@ -65,17 +65,31 @@ class SolveSpec:
     tol: float
 
 
+@dataclass(frozen=True)
+class SpectrumSpec:
+    """A spectrum a step rule computes this step, declared by
+    :meth:`PathIntegrator.lockstep_solve`: the top ``k`` eigenpairs of ``P g P`` at the point
+    it is handed, by :func:`~fipframe.core.linalg.lanczos` with ``iters`` iterations (None: its
+    default) from the start vector of ``seed``."""
+
+    k: int
+    iters: int | None
+    seed: int
+
+
 @dataclass
 class Solved:
-    """A solve computed for the step elsewhere (stacked with other paths'): for the
-    Riemannian gradient ``rgrad`` (the very dict :func:`riemannian_gradient` returned) under
-    ``spec``. Taken by :meth:`StepProblem.take_solve`."""
+    """A solve computed for the step elsewhere (stacked with other paths'), under ``spec``:
+    a CG solve for the Riemannian gradient ``rgrad`` (the very dict
+    :func:`riemannian_gradient` returned; taken by :meth:`StepProblem.take_solve`), or a
+    spectrum at the point ``at`` (taken by :meth:`StepProblem.take_spectrum`)."""
 
-    rgrad: Params
-    spec: SolveSpec
-    solve: Any  # a fipframe.core.linalg.Solve
-    #: each tensor of ``rgrad`` as it was solved for (a step that changed one gets no solve)
+    rgrad: Params | None
+    spec: SolveSpec | SpectrumSpec
+    solve: Any  # a fipframe.core.linalg.Solve or Eigen
+    #: each tensor of ``rgrad`` (or ``at``) as it was solved for (changed: no solve)
     tensors: tuple[tuple[int, int], ...] = ()
+    at: Params | None = None
 
     @staticmethod
     def of(rgrad: Params) -> tuple[tuple[int, int], ...]:
@@ -144,6 +158,20 @@ class StepProblem:
         self.solved = None
         return solved.solve
 
+    def take_spectrum(self, params: Params, spec: SpectrumSpec) -> Any:
+        """The :class:`~fipframe.core.linalg.Eigen` computed at ``params`` (the very dict the
+        step was handed) under ``spec`` by lockstep paths, or None. Taken once."""
+        solved = self.solved
+        if (
+            solved is None
+            or solved.at is not params
+            or solved.spec != spec
+            or solved.tensors != Solved.of(params)
+        ):
+            return None
+        self.solved = None
+        return solved.solve
+
 
 class PathIntegrator(ABC):
     """A step rule.
@@ -170,11 +198,15 @@ class PathIntegrator(ABC):
         default): the step is computed alone."""
         return None
 
-    def lockstep_solve(self, problem: StepProblem) -> SolveSpec | None:
-        """The solve ``step`` makes with the gradient of :meth:`lockstep_loss`, if it asks
-        :meth:`StepProblem.take_solve` for it before solving; lockstep paths then solve it
-        for several paths at once (one stacked metric product per CG iteration). None (the
-        default): the step solves alone, if it solves."""
+    def lockstep_solve(
+        self, params: Params, state: State, problem: StepProblem
+    ) -> SolveSpec | SpectrumSpec | None:
+        """The solve ``step`` makes this step beside the gradient of :meth:`lockstep_loss`,
+        if it asks for it before solving: a :class:`SolveSpec` (asked of
+        :meth:`StepProblem.take_solve`) or a :class:`SpectrumSpec` (asked of
+        :meth:`StepProblem.take_spectrum`). Lockstep paths then solve it for several paths at
+        once (one stacked metric product per iteration). None (the default): the step solves
+        alone, if it solves."""
         return None
 
     @abstractmethod
@@ -210,8 +242,9 @@ def riemannian_gradient(
     ):
         problem.given = None  # taken (the engine checks): used once
         grads, terms, total = given.grads, given.terms, given.total
-        if given.rgrad is not None and problem.average is None:
+        if problem.average is None:
             problem.solved = given.solved
+        if given.rgrad is not None and problem.average is None:
             if problem.gradient_sink is not None:
                 problem.gradient_sink(given.rgrad)
             return given.rgrad, terms, total.detach()

@@ -83,6 +83,80 @@ def lanczos(
     return Eigen(evals[order], vectors)
 
 
+def lanczos_paths(
+    matvec: Callable[[Tensor, Tensor | None], Tensor],
+    size: int,
+    ks: Sequence[int],
+    *,
+    iters: Sequence[int | None],
+    seeds: Sequence[int],
+    like: Tensor,
+) -> list[Eigen]:
+    """:func:`lanczos` on K operators at once: ``matvec(v, rows)`` as in
+    :func:`conjugate_gradients` (the vectors ``v`` [R, size] of the operators ``rows``, None
+    for all K). Row ``k`` runs the alone iteration with its own ``ks[k]``, ``iters[k]`` and
+    start vector ``seeds[k]``, and leaves the stack at its own last iteration or at an
+    invariant subspace; one host sync per iteration, as alone.
+    """
+    n = len(ks)
+    for k in ks:
+        if k < 1 or k > size:
+            raise ValueError(f"k must be in 1..{size}, got {k}")
+    ms = [min(size, it or max(2 * k + 10, 30)) for k, it in zip(ks, iters, strict=True)]
+    dtype, device = like.dtype, like.device
+    starts = []
+    for seed in seeds:  # each row's start vector, drawn as alone
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        starts.append(torch.randn(size, generator=g, dtype=dtype).to(device))
+    q = torch.stack(starts)
+    q = q / q.norm(dim=1, keepdim=True)
+    top = max(ms)
+    basis = torch.zeros(n, top, size, dtype=dtype, device=device)
+    alpha = torch.zeros(n, top, dtype=dtype, device=device)
+    beta = torch.zeros(n, top, dtype=dtype, device=device)
+    steps = list(ms)
+    rows: list[int] = list(range(n))
+    index: Tensor | None = None  # the running rows on the device (None: all, in order)
+    at = torch.arange(n, device=device)
+    for j in range(top):
+        basis[at, j] = q
+        w = matvec(q, index)
+        alpha[at, j] = (w * q).sum(1)
+        done = [j + 1 == ms[r] for r in rows]  # the rows whose last iteration this is
+        for _ in range(2):  # full reorthogonalisation, twice
+            b = basis[at, : j + 1]
+            w = w - torch.einsum("rjp,rj->rp", b, torch.einsum("rjp,rp->rj", b, w))
+        norm = w.norm(dim=1)
+        beta[at, j] = norm  # (a row's last one is not used)
+        floor = 1e-10 * alpha[at, : j + 1].abs().amax(1).clamp_min(1e-30)
+        broken = (norm <= floor).tolist()  # the one sync of the iteration
+        for i, r in enumerate(rows):
+            if broken[i] and not done[i]:  # an invariant subspace: this row is complete
+                steps[r], done[i] = j + 1, True
+        keep = [i for i, d in enumerate(done) if not d]
+        if not keep:
+            break
+        q = w / norm[:, None]
+        if len(keep) < len(rows):
+            sel = torch.tensor(keep, device=device)
+            q, at = q[sel], at[sel]
+            rows = [rows[i] for i in keep]
+            index = at
+    out = []
+    for r in range(n):
+        m = steps[r]
+        t = (
+            torch.diag(alpha[r, :m])
+            + torch.diag(beta[r, : m - 1], 1)
+            + torch.diag(beta[r, : m - 1], -1)
+        )
+        evals, evecs = torch.linalg.eigh(t)
+        order = torch.argsort(evals, descending=True)[: min(ks[r], m)]
+        vectors = evecs[:, order].T @ basis[r, :m]
+        out.append(Eigen(evals[order], vectors / vectors.norm(dim=1, keepdim=True)))
+    return out
+
+
 @dataclass
 class Solve:
     """A CG solution: ``x``, the iterations used and the final relative residual

@@ -28,8 +28,9 @@ be again; each reason is said once per stage (:class:`Notes`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor
 
 from fipframe.core.integrator import Given, Solved, SolveSpec, StepProblem, Terms, weighted_total
-from fipframe.core.linalg import conjugate_gradients
+from fipframe.core.linalg import conjugate_gradients, lanczos_paths
 from fipframe.core.manifold import Euclidean
 from fipframe.core.params import Params, ParamSpace, like
 from fipframe.data import inputs as I
@@ -74,8 +75,9 @@ class Request:
         for key, members in kinds.items():
             if len(members) < 2:
                 continue  # a solve alone is the path's own
+            solve = solves if key[0] == "solve" else spectra
             try:
-                solves([group[i] for i in members], [given[i] for i in members])
+                solve([group[i] for i in members], [given[i] for i in members])
             except Exception as exc:  # vmap's limits, the memory of K graphs: solved alone
                 for i in members:
                     given[i].rgrad = given[i].solved = None
@@ -152,9 +154,11 @@ def request(
     where: str,
     notes: Notes,
     solves: bool = True,
+    state: Any = None,
 ) -> Request | None:
     """The step as a :class:`Request`, or None (said through ``notes``) if it cannot stack.
-    ``solves``: offer the step's solve for stacking too, where it declares one."""
+    ``solves``: offer the step's solve for stacking too, where it declares one (for the
+    integrator's ``state`` before the step)."""
     reason, what = None, "steps and evaluations"
     loss = integrator.lockstep_loss(problem) if _declares(integrator, "lockstep_loss") else None
     if comp.mode_dependent:
@@ -187,13 +191,13 @@ def request(
         comp.config.run.autocast,
     )
     rest = _rest(comp, problem.split.whole(params))
-    spec = _solve_spec(integrator, problem, where, notes) if solves else None
+    spec = _solve_spec(integrator, problem, params, state, where, notes) if solves else None
     solve_key = None
     if spec is not None:  # solves stack among the steps that stack whose metrics are alike
         metric = problem.metric
         config = getattr(metric, "config", None)
         solve_key = (
-            "solve",
+            "solve" if isinstance(spec, SolveSpec) else "spectrum",
             *key[1:],
             f"{type(metric).__module__}.{type(metric).__qualname__}",
             config.model_dump_json() if hasattr(config, "model_dump_json") else repr(config),
@@ -202,11 +206,13 @@ def request(
     return Request(problem, params, loss[0], loss[1], rest, key, spec, solve_key, comp.adapter)
 
 
-def _solve_spec(integrator: Any, problem: StepProblem, where: str, notes: Notes) -> Any:
+def _solve_spec(
+    integrator: Any, problem: StepProblem, params: Params, state: Any, where: str, notes: Notes
+) -> Any:
     """The solve the step declares and lockstep paths can stack, or None."""
     if not _declares(integrator, "lockstep_solve", INTEGRATOR_SOLVE):
         return None
-    spec = integrator.lockstep_solve(problem)
+    spec = integrator.lockstep_solve(params, state, problem)
     metric = problem.metric
     if spec is None or metric is None or problem.stored_forward is None:
         return None  # no solve this step (a stage without stored inputs steps without one)
@@ -224,7 +230,7 @@ def _solve_spec(integrator: Any, problem: StepProblem, where: str, notes: Notes)
 
 
 #: what a step rule's solve is made of (a subclass writing one of them writes its own solve)
-INTEGRATOR_SOLVE = ("step", "direction", "operator", "_solve")
+INTEGRATOR_SOLVE = ("step", "direction", "operator", "_solve", "_spec")
 #: what a metric's product is made of (``output_hvp`` is used by the stacked product as well)
 METRIC_PRODUCT = ("mvp", "operator")
 
@@ -331,18 +337,60 @@ def gradients(group: Sequence[Request]) -> list[Given]:
 
 
 def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
-    """Every request's declared solve for its Riemannian gradient, by conjugate gradients on
-    the K systems at once (:func:`~fipframe.core.linalg.conjugate_gradients`): one
-    metric-vector product per iteration for the paths still solving, the stored forward
-    vmapped over them. Each path's gradient and solve go into its :class:`Given`."""
+    """Every request's declared CG solve for its Riemannian gradient, the K systems at once
+    (:func:`~fipframe.core.linalg.conjugate_gradients`): one metric-vector product per
+    iteration for the paths still solving, the stored forward vmapped over them. Each path's
+    gradient and solve go into its :class:`Given`."""
     first = group[0]
-    names, k = list(first.params), len(group)
     space = ParamSpace.of(first.params)
     rgrads = [
         r.problem.manifold.egrad2rgrad(r.params, like(r.params, g.grads))
         for r, g in zip(group, given, strict=True)
     ]
     b = torch.stack([space.flatten(rg) for rg in rgrads])
+    specs = [r.solve for r in group]
+    with _operator(group) as matvec:
+        done = conjugate_gradients(
+            matvec,
+            b,
+            damping=[s.damping for s in specs],  # type: ignore[union-attr]
+            iters=[s.iters for s in specs],  # type: ignore[union-attr]
+            tol=[s.tol for s in specs],  # type: ignore[union-attr]
+        )
+    for g, rgrad, spec, solve in zip(given, rgrads, specs, done, strict=True):
+        g.rgrad = rgrad
+        g.solved = Solved(rgrad, spec, solve, Solved.of(rgrad))  # type: ignore[arg-type]
+
+
+def spectra(group: Sequence[Request], given: Sequence[Given]) -> None:
+    """Every request's declared Lanczos run at its point, the K operators at once
+    (:func:`~fipframe.core.linalg.lanczos_paths`); each eigenbasis goes into its
+    :class:`Given`."""
+    first = group[0]
+    size = ParamSpace.of(first.params).size
+    specs = [r.solve for r in group]
+    with _operator(group) as matvec:
+        done = lanczos_paths(
+            matvec,
+            size,
+            [s.k for s in specs],  # type: ignore[union-attr]
+            iters=[s.iters for s in specs],  # type: ignore[union-attr]
+            seeds=[s.seed for s in specs],  # type: ignore[union-attr]
+            like=next(iter(first.params.values())),
+        )
+    for g, r, spec, eig in zip(given, group, specs, done, strict=True):
+        g.solved = Solved(None, spec, eig, Solved.of(r.params), at=r.params)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _operator(group: Sequence[Request]) -> Iterator[Callable[[Tensor, Tensor | None], Tensor]]:
+    """``matvec(v, rows)``: ``P g P v`` of the paths ``rows`` (None: all), each at its own
+    point on its own stored inputs, in one metric-vector product (``Metric.mvp_paths``) with
+    the stored forward vmapped over them; the network in eval mode meanwhile, as each path's
+    stored forward has it."""
+    first = group[0]
+    names, k = list(first.params), len(group)
+    space = ParamSpace.of(first.params)
     point = {n: torch.stack([r.params[n].detach() for r in group]) for n in names}
     wholes = [r.problem.split.whole({}) for r in group]  # type: ignore[union-attr]
     held = {n: torch.stack([w[n] for w in wholes]) for n in wholes[0] if n not in point}
@@ -352,12 +400,10 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
     metric = first.problem.metric
     assert metric is not None
     euclidean = all(isinstance(r.problem.manifold, Euclidean) for r in group)
-
     picked: dict[str, Any] = {"rows": None, "of": (point, held, rest, stored), "which": range(k)}
 
     def matvec(v: Tensor, rows: Tensor | None) -> Tensor:
-        """``P g P v`` for the paths ``rows`` (None: all), each at its own point."""
-        if rows is not picked["rows"]:  # the paths still solving changed: pick theirs once
+        if rows is not picked["rows"]:  # the paths still running changed: pick theirs once
             picked["rows"], picked["which"] = rows, rows.tolist()  # type: ignore[union-attr]
             picked["of"] = (
                 *({n: t[rows] for n, t in d.items()} for d in (point, held, rest)),
@@ -389,21 +435,12 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
         gv = metric.mvp_paths(forward, at, vs)
         return tangent(torch.cat([gv[m].reshape(n, -1) for m in names], dim=1))
 
-    specs = [r.solve for r in group]
     was = adapter.model.training
-    adapter.train(False)  # as each path's stored forward does
+    adapter.train(False)
     try:
-        done = conjugate_gradients(
-            matvec,
-            b,
-            damping=[s.damping for s in specs],  # type: ignore[union-attr]
-            iters=[s.iters for s in specs],  # type: ignore[union-attr]
-            tol=[s.tol for s in specs],  # type: ignore[union-attr]
-        )
+        yield matvec
     finally:
         adapter.train(was)
-    for g, rgrad, spec, solve in zip(given, rgrads, specs, done, strict=True):
-        g.rgrad, g.solved = rgrad, Solved(rgrad, spec, solve, Solved.of(rgrad))  # type: ignore[arg-type]
 
 
 def outputs(group: Sequence[EvalRequest]) -> list[list[Tensor]]:

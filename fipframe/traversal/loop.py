@@ -197,7 +197,7 @@ class StageLoop:
                     offer = None
                     if self.notes is not None and offering:
                         offer = request(
-                            comp, st.integrator, problem, at, where, self.notes, solving
+                            comp, st.integrator, problem, at, where, self.notes, solving, state
                         )
                         if offer is not None:
                             problem.given = yield offer
@@ -215,8 +215,9 @@ class StageLoop:
                         self.notes.alone(  # type: ignore[union-attr]
                             where,
                             f"integrator {type(st.integrator).__name__} did not take the "
-                            "stacked solve (StepProblem.take_solve with the gradient it was "
-                            "given and the SolveSpec its lockstep_solve says)",
+                            "stacked solve (StepProblem.take_solve or take_spectrum with "
+                            "the gradient or point it was given and the spec its "
+                            "lockstep_solve says)",
                             "solves",
                         )
                     if ranks.parallel and not problem.averaged:

@@ -28,8 +28,9 @@ from fipframe.traversal.artifact import CHECKPOINT
 from tests.conftest import TINY
 
 
-def configs(seeds=(0, 1, 2), **model: Any) -> list[dict[str, Any]]:
-    """TINY in float64 with a natural-step branch beside fine-tuning and the FIP penalty."""
+def configs(seeds=(0, 1, 2), projected: bool = False, **model: Any) -> list[dict[str, Any]]:
+    """TINY in float64 with a natural-step branch beside fine-tuning and the FIP penalty
+    (and a projected-step branch, Lanczos every 10 steps)."""
     out = []
     for seed in seeds:
         c = copy.deepcopy(TINY)
@@ -46,16 +47,23 @@ def configs(seeds=(0, 1, 2), **model: Any) -> list[dict[str, Any]]:
             "cg_iters": 200,
         }
         c["branches"]["natural"] = [natural]
+        if projected:
+            top = copy.deepcopy(natural)
+            top["integrator"] = {"kind": "projected", "eps": 0.05, "rank": 5, "refresh": 10}
+            c["branches"]["projected"] = [top]
         out.append(c)
     return out
 
 
-def largest_gap(a: RunResult, b: RunResult) -> float:
-    """The largest weight difference over every stage's end point (held or on disk)."""
+def largest_gap(a: RunResult, b: RunResult, skip: tuple[str, ...] = ()) -> float:
+    """The largest weight difference over every stage's end point (held or on disk), but
+    those of the branches ``skip``."""
     ends = [(r["branch"], r["stage"]) for r in a.records if r["kind"] == "stage_end"]
     assert ends == [(r["branch"], r["stage"]) for r in b.records if r["kind"] == "stage_end"]
     gaps = []
     for branch, stage in ends:
+        if branch in skip:
+            continue
         pa, pb = a.point(branch, stage).params, b.point(branch, stage).params
         gaps += [float((pa[n] - pb[n]).abs().max()) for n in pa]
     return max(gaps)
@@ -69,7 +77,7 @@ def accuracies(result: RunResult) -> list[tuple]:
 
 
 def test_stacked_paths_walk_what_they_walk_alone():
-    cs = configs()
+    cs = configs(projected=True)
     alone = [run(load_config(c)) for c in cs]
     said: list[str] = []
     walks = [fipframe.api.build(load_config(c)).walk(notes=lockstep.Notes(said.append)) for c in cs]
@@ -80,14 +88,18 @@ def test_stacked_paths_walk_what_they_walk_alone():
         s["steps"] for s in [cs[0]["stages"][0]] + [b[0] for b in cs[0]["branches"].values()]
     )
     evaluations = steps // cs[0]["run"]["chunk"]  # every chunk end, the stage ends among them
-    # the natural branch's solves too (its stage has stored inputs at every step)
-    solves = cs[0]["branches"]["natural"][0]["steps"]
+    # the natural branch's solves too (its stage has stored inputs at every step), and the
+    # projected branch's Lanczos runs (every 10 of its 30 steps)
+    solves = cs[0]["branches"]["natural"][0]["steps"] + 3
     assert [o.stacked for o in outcomes] == [
         {"step": steps, "evaluate": evaluations, "solve": solves}
     ] * 3
     for a, o in zip(alone, outcomes, strict=True):
         b = o.value
-        assert largest_gap(a, b) < 1e-10
+        assert largest_gap(a, b, skip=("projected",)) < 1e-10
+        # Lanczos' Ritz vectors amplify rounding: alone, 1 against 2 threads measured
+        # 1e-11 to 4e-9 on these three seeds' projected branches (stacked: 1e-10 to 3e-9)
+        assert largest_gap(a, b) < 1e-8
         assert accuracies(a) == accuracies(b)
 
 
@@ -248,8 +260,8 @@ def test_only_a_step_written_beside_its_lockstep_loss_is_stacked():
             return Natural.operator(params, problem)
 
     class Declares(OwnSolve):  # until it declares the solve again
-        def lockstep_solve(self, problem):
-            return super().lockstep_solve(problem)
+        def lockstep_solve(self, params, state, problem):
+            return super().lockstep_solve(params, state, problem)
 
     def loss(x):
         return lockstep._declares(x, "lockstep_loss")
@@ -303,8 +315,8 @@ class BrokenPaths(KL):  # declares a stacked product that fails (vmap's limits, 
 
 
 class IgnoresSolve(Natural):  # declares a solve (twice the damping) other than its own
-    def lockstep_solve(self, problem):
-        spec = super().lockstep_solve(problem)
+    def lockstep_solve(self, params, state, problem):
+        spec = super().lockstep_solve(params, state, problem)
         return SolveSpec(2 * spec.damping, spec.iters, spec.tol)
 
 
@@ -364,8 +376,8 @@ def test_solves_that_cannot_stack_are_solved_alone_and_said():
         ]
         + [
             f"lockstep: run {i}: ignores/second: integrator IgnoresSolve did not take the "
-            "stacked solve (StepProblem.take_solve with the gradient it was given and the "
-            "SolveSpec its lockstep_solve says); its solves are computed alone"
+            "stacked solve (StepProblem.take_solve or take_spectrum with the gradient or point "
+            "it was given and the spec its lockstep_solve says); its solves are computed alone"
             for i in (0, 1)
         ]
         + [  # tried twice, then alone for good
