@@ -147,26 +147,20 @@ class StepProblem:
     def take_solve(self, rgrad: Params, spec: SolveSpec) -> Any:
         """The :class:`~fipframe.core.linalg.Solve` computed for ``rgrad`` under ``spec`` by
         lockstep paths, or None (solve it yourself). Taken once."""
-        solved = self.solved
-        if (
-            solved is None
-            or solved.rgrad is not rgrad
-            or solved.spec != spec
-            or solved.tensors != Solved.of(rgrad)
-        ):
-            return None
-        self.solved = None
-        return solved.solve
+        return self._take("rgrad", rgrad, spec)
 
     def take_spectrum(self, params: Params, spec: SpectrumSpec) -> Any:
         """The :class:`~fipframe.core.linalg.Eigen` computed at ``params`` (the very dict the
         step was handed) under ``spec`` by lockstep paths, or None. Taken once."""
+        return self._take("at", params, spec)
+
+    def _take(self, field: str, of: Params, spec: SolveSpec | SpectrumSpec) -> Any:
         solved = self.solved
         if (
             solved is None
-            or solved.at is not params
+            or getattr(solved, field) is not of
             or solved.spec != spec
-            or solved.tensors != Solved.of(params)
+            or solved.tensors != Solved.of(of)
         ):
             return None
         self.solved = None
