@@ -105,7 +105,7 @@ def lanczos_paths(
     ms = [min(size, it or max(2 * k + 10, 30)) for k, it in zip(ks, iters, strict=True)]
     dtype, device = like.dtype, like.device
     starts = []
-    for seed in seeds:  # each row's start vector, drawn as alone
+    for _, seed in zip(ks, seeds, strict=True):  # each row's start vector, drawn as alone
         g = torch.Generator(device="cpu").manual_seed(seed)
         starts.append(torch.randn(size, generator=g, dtype=dtype).to(device))
     q = torch.stack(starts)
@@ -123,8 +123,8 @@ def lanczos_paths(
         w = matvec(q, index)
         alpha[at, j] = (w * q).sum(1)
         done = [j + 1 == ms[r] for r in rows]  # the rows whose last iteration this is
+        b = basis[:, : j + 1] if index is None else basis[at, : j + 1]  # a view while all run
         for _ in range(2):  # full reorthogonalisation, twice
-            b = basis[at, : j + 1]
             w = w - torch.einsum("rjp,rj->rp", b, torch.einsum("rjp,rp->rj", b, w))
         norm = w.norm(dim=1)
         beta[at, j] = norm  # (a row's last one is not used)

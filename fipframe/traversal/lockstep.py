@@ -37,7 +37,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fipframe.core.integrator import Given, Solved, SolveSpec, StepProblem, Terms, weighted_total
+from fipframe.core.integrator import (
+    Given,
+    Solved,
+    SolveSpec,
+    SpectrumSpec,
+    StepProblem,
+    Terms,
+    weighted_total,
+)
 from fipframe.core.linalg import conjugate_gradients, lanczos_paths
 from fipframe.core.manifold import Euclidean
 from fipframe.core.params import Params, ParamSpace, like
@@ -61,7 +69,7 @@ class Request:
     key: tuple[Any, ...]
     #: the solve the step makes with the gradient (stacked too, with the requests of equal
     #: ``solve_key`` among those whose gradients stack), and the path's network
-    solve: SolveSpec | None = None
+    solve: SolveSpec | SpectrumSpec | None = None
     solve_key: tuple[Any, ...] | None = None
     adapter: Any = None
 
@@ -75,7 +83,7 @@ class Request:
         for key, members in kinds.items():
             if len(members) < 2:
                 continue  # a solve alone is the path's own
-            solve = solves if key[0] == "solve" else spectra
+            solve = {"solve": solves, "spectrum": spectra}[key[0]]
             try:
                 solve([group[i] for i in members], [given[i] for i in members])
             except Exception as exc:  # vmap's limits, the memory of K graphs: solved alone
