@@ -505,8 +505,8 @@ class Outcome:
 
     value: Any = None
     error: BaseException | None = None
-    #: how many of its steps ("step"), their solves ("solve") and its evaluations
-    #: ("evaluate") were stacked with others'
+    #: how many of its steps ("step"), their solves ("solve": CG solves and Lanczos runs)
+    #: and its evaluations ("evaluate") were stacked with others'
     stacked: dict[str, int] = field(default_factory=dict)
 
 
