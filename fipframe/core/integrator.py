@@ -141,7 +141,8 @@ class StepProblem:
     #: a gradient computed by lockstep paths; :func:`riemannian_gradient` takes it (and sets
     #: this back to None) when it is asked for that gradient at that point
     given: Given | None = None
-    #: the solve that came with the given gradient, until :meth:`take_solve` takes it
+    #: the solve that came with the given gradient, until :meth:`take_solve` (or
+    #: :meth:`take_spectrum`) takes it
     solved: Solved | None = None
 
     def take_solve(self, rgrad: Params, spec: SolveSpec) -> Any:
