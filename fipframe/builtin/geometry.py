@@ -244,18 +244,16 @@ class Projected(_Normalised):
         grad: Params,
     ) -> Tensor:
         age = int(state.get("age", -1))
-        if age < 0 or age >= self.config.refresh:
-            spec = self._spec(params, state)
-            assert spec is not None
+        spec = self._spec(params, state)
+        if spec is not None:  # a refresh
             eig = problem.take_spectrum(params, spec)
             if eig is None:
                 g = self.operator(params, problem)
                 eig = lanczos(g, b.numel(), spec.k, iters=spec.iters, like=b, seed=spec.seed)
-            draws = spec.seed
             state["basis"], state["values"], state["draws"], age = (
                 eig.vectors,
                 eig.values,
-                draws + 1,
+                spec.seed + 1,
                 0,
             )
         state["age"] = age + 1

@@ -230,8 +230,7 @@ class Traversal:
             world = int(meta.get("world", 1))
             if world != ranks.world:
                 progress.line(
-                    f"{progress.prefix}note: resumed by {ranks.world} process(es); the run had "
-                    f"{world}. The "
+                    f"note: resumed by {ranks.world} process(es); the run had {world}. The "
                     "processes share one global batch, so the path is the same unless the "
                     "model draws random numbers (dropout)"
                 )
@@ -240,7 +239,7 @@ class Traversal:
         if rd is not None:
             records.stamp = {**integrity.stamp(self.config, rid), "world": ranks.world}
             for note in rd.notes:
-                progress.line(f"{progress.prefix}note: {note}")
+                progress.line(f"note: {note}")
             if ranks.main:
                 if restart is not None:
                     self._build_loggers(rd)
@@ -282,9 +281,7 @@ class Traversal:
             raise RunDirError([*problems, f"{rd.root}: cannot resume until these are restored"])
         if changes:
             integrity.record(rd, self.config, meta, changes, overrides, force)
-            progress.line(
-                f"{progress.prefix}config changed on resume ({len(changes)} fields; {CHANGES})"
-            )
+            progress.line(f"config changed on resume ({len(changes)} fields; {CHANGES})")
         return tensors, meta
 
     def _start_dir(self, rd: RunDir) -> str:

@@ -15,12 +15,12 @@ together (same model config and parameter shapes, same input shapes, dtype and d
 forward and one backward; an evaluation's outputs batch by batch) and hands each walk its own
 part (:class:`~fipframe.core.integrator.Given`; the outputs, counted by the path's own
 evaluator). A step rule that declares its solve (:meth:`PathIntegrator.lockstep_solve
-<fipframe.core.integrator.PathIntegrator.lockstep_solve>`, the natural step) gets it solved for
-all paths at once too: conjugate gradients on the K systems together, one stacked
+<fipframe.core.integrator.PathIntegrator.lockstep_solve>`: the natural step's CG, the
+projected step's Lanczos at a refresh) gets it solved for all paths at once too, one stacked
 metric-vector product per iteration, each path stopping where it would alone. The rest of a
-step (the optimiser, momentum, the projected step's Lanczos), the chunk's path measures,
-records, checkpoints and rollbacks stay each path's own, so a path walks what it walks alone,
-to float tolerance.
+step (the optimiser, momentum, the retraction), the chunk's path measures, records,
+checkpoints and rollbacks stay each path's own, so a path walks what it walks alone, to float
+tolerance.
 
 A step that cannot be stacked is computed where it is, and its path goes on alone until it can
 be again; each reason is said once per stage (:class:`Notes`).
@@ -75,7 +75,8 @@ class Request:
 
     @staticmethod
     def stacked(group: Sequence[Request], trouble: Trouble) -> list[Given]:
-        given = gradients(group)
+        stacks = Stacks.of(group)  # the K networks stacked once, for the gradients and solves
+        given = gradients(group, stacks)
         kinds: dict[tuple[Any, ...], list[int]] = {}
         for i, r in enumerate(group):
             if r.solve_key is not None and not trouble.given_up(r.solve_key):
@@ -84,11 +85,10 @@ class Request:
             if len(members) < 2:
                 continue  # a solve alone is the path's own
             solve = {"solve": solves, "spectrum": spectra}[key[0]]
-            try:
-                solve([group[i] for i in members], [given[i] for i in members])
+            sub = stacks if len(members) == len(group) else stacks.rows(members)
+            try:  # (each Given gets its solve only once every path's is done)
+                solve([group[i] for i in members], [given[i] for i in members], sub)
             except Exception as exc:  # vmap's limits, the memory of K graphs: solved alone
-                for i in members:
-                    given[i].rgrad = given[i].solved = None
                 trouble.failed(key, exc, len(members))
             else:
                 trouble.managed(key)
@@ -294,19 +294,38 @@ def _shape(x: Any) -> tuple[Any, ...]:
     return I.signature(x), I.length(x)
 
 
-def gradients(group: Sequence[Request]) -> list[Given]:
+@dataclass
+class Stacks:
+    """The K paths' networks as ``[K, ...]`` tensors: the moving weights (``point``), the
+    weights their stage holds fixed (``held``) and the module's other tensors (``rest``)."""
+
+    point: dict[str, Tensor]
+    held: dict[str, Tensor]
+    rest: dict[str, Tensor]
+
+    @staticmethod
+    def of(group: Sequence[Request]) -> Stacks:
+        first = group[0]
+        point = {n: torch.stack([r.params[n].detach() for r in group]) for n in first.params}
+        wholes = [r.problem.split.whole({}) for r in group]  # type: ignore[union-attr]
+        held = {n: torch.stack([w[n] for w in wholes]) for n in wholes[0] if n not in point}
+        rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
+        return Stacks(point, held, rest)
+
+    def rows(self, rows: Sequence[int] | Tensor) -> Stacks:
+        """The paths ``rows`` alone (detached copies)."""
+        index = torch.as_tensor(rows, device=next(iter(self.point.values())).device)
+        pick = lambda d: {n: t.detach()[index] for n, t in d.items()}  # noqa: E731
+        return Stacks(pick(self.point), pick(self.held), pick(self.rest))
+
+
+def gradients(group: Sequence[Request], stacks: Stacks | None = None) -> list[Given]:
     """Every request's gradient from one vmapped forward and one backward."""
     first = group[0]
     names = list(first.params)
-    stacked = {
-        n: torch.stack([r.params[n].detach() for r in group]).requires_grad_(True) for n in names
-    }
-    held = {
-        n: torch.stack([r.problem.split.whole({})[n] for r in group])  # type: ignore[union-attr]
-        for n in first.problem.split.whole({})  # type: ignore[union-attr]
-        if n not in stacked
-    }
-    rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
+    stacks = stacks or Stacks.of(group)
+    stacked = {n: t.requires_grad_(True) for n, t in stacks.point.items()}
+    held, rest = stacks.held, stacks.rest
     inputs = [r.problem.split.inputs for r in group]  # type: ignore[union-attr]
     out = None
     if inputs[0] is not None:
@@ -344,7 +363,7 @@ def gradients(group: Sequence[Request]) -> list[Given]:
     ]
 
 
-def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
+def solves(group: Sequence[Request], given: Sequence[Given], stacks: Stacks) -> None:
     """Every request's declared CG solve for its Riemannian gradient, the K systems at once
     (:func:`~fipframe.core.linalg.conjugate_gradients`): one metric-vector product per
     iteration for the paths still solving, the stored forward vmapped over them. Each path's
@@ -357,7 +376,7 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
     ]
     b = torch.stack([space.flatten(rg) for rg in rgrads])
     specs = [r.solve for r in group]
-    with _operator(group) as matvec:
+    with _operator(group, stacks) as matvec:
         done = conjugate_gradients(
             matvec,
             b,
@@ -370,14 +389,14 @@ def solves(group: Sequence[Request], given: Sequence[Given]) -> None:
         g.solved = Solved(rgrad, spec, solve, Solved.of(rgrad))  # type: ignore[arg-type]
 
 
-def spectra(group: Sequence[Request], given: Sequence[Given]) -> None:
+def spectra(group: Sequence[Request], given: Sequence[Given], stacks: Stacks) -> None:
     """Every request's declared Lanczos run at its point, the K operators at once
     (:func:`~fipframe.core.linalg.lanczos_paths`); each eigenbasis goes into its
     :class:`Given`."""
     first = group[0]
     size = ParamSpace.of(first.params).size
     specs = [r.solve for r in group]
-    with _operator(group) as matvec:
+    with _operator(group, stacks) as matvec:
         done = lanczos_paths(
             matvec,
             size,
@@ -391,7 +410,9 @@ def spectra(group: Sequence[Request], given: Sequence[Given]) -> None:
 
 
 @contextlib.contextmanager
-def _operator(group: Sequence[Request]) -> Iterator[Callable[[Tensor, Tensor | None], Tensor]]:
+def _operator(
+    group: Sequence[Request], stacks: Stacks
+) -> Iterator[Callable[[Tensor, Tensor | None], Tensor]]:
     """``matvec(v, rows)``: ``P g P v`` of the paths ``rows`` (None: all), each at its own
     point on its own stored inputs, in one metric-vector product (``Metric.mvp_paths``) with
     the stored forward vmapped over them; the network in eval mode meanwhile, as each path's
@@ -399,10 +420,8 @@ def _operator(group: Sequence[Request]) -> Iterator[Callable[[Tensor, Tensor | N
     first = group[0]
     names, k = list(first.params), len(group)
     space = ParamSpace.of(first.params)
-    point = {n: torch.stack([r.params[n].detach() for r in group]) for n in names}
-    wholes = [r.problem.split.whole({}) for r in group]  # type: ignore[union-attr]
-    held = {n: torch.stack([w[n] for w in wholes]) for n in wholes[0] if n not in point}
-    rest = {n: torch.stack([r.rest[n] for r in group]) for n in first.rest}
+    point = {n: t.detach() for n, t in stacks.point.items()}
+    held, rest = stacks.held, stacks.rest
     stored = _stack([r.problem.split.stored for r in group])  # type: ignore[union-attr]
     adapter = first.adapter
     metric = first.problem.metric

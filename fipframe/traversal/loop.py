@@ -385,8 +385,7 @@ class StageLoop:
         self.comp.evaluator.load_buffers(good.buffers)
         scale *= 0.5
         self.progress.line(
-            f"{self.progress.prefix}{where}: {reason}; rolled back to step {good.step}, step "
-            f"scale now {scale:g}"
+            f"{where}: {reason}; rolled back to step {good.step}, step scale now {scale:g}"
         )
         return good.params, good.state, good.step, scale, rollbacks
 

@@ -19,7 +19,7 @@ LINE_SECONDS = 10.0
 
 
 class Progress:
-    """``prefix`` goes before every stage label (which run, when several walk together)."""
+    """``prefix`` goes before every line and bar (which run, when several walk together)."""
 
     def __init__(self, mode: str, prefix: str = ""):
         self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode == "auto" else mode
@@ -48,7 +48,7 @@ class Progress:
             where = f"branch {self._branches.index(branch) + 1} of {len(self._branches)}"
         else:
             where = "shared stages"
-        return f"{self.prefix}{branch}/{stage} [{where}]"
+        return f"{branch}/{stage} [{where}]"
 
     def advance(self, branch: str, stage: str, step: int) -> str:
         """Record that ``branch/stage`` is at ``step``; the run's share done and ETA, as text."""
@@ -74,7 +74,11 @@ class Progress:
             from tqdm import tqdm
 
             with tqdm(
-                total=total, initial=start, desc=label, leave=False, dynamic_ncols=True
+                total=total,
+                initial=start,
+                desc=self.prefix + label,
+                leave=False,
+                dynamic_ncols=True,
             ) as bar:
                 yield bar
         else:
@@ -82,7 +86,7 @@ class Progress:
 
     def line(self, text: str) -> None:
         if self.mode != "off":
-            print(text, file=sys.stderr, flush=True)
+            print(self.prefix + text, file=sys.stderr, flush=True)
 
     def chunk(self, label: str, step: int, steps: int, text: str) -> None:
         """A periodic line (``lines`` mode only, at most every :data:`LINE_SECONDS`)."""
